@@ -1,0 +1,276 @@
+"""The one configuration system: frozen dataclasses, YAML files, ``--set`` overrides.
+
+A config has four sections (``model``, ``data``, ``train``, ``export``). YAML
+files may set ``model.preset`` to start from a named preset (see
+``keras_fpn.models.presets``); keys given next to it override the preset.
+Unknown keys and wrong types raise ``ConfigError`` naming the key. Paths in
+``data`` expand environment variables (``${KERAS_FPN_DATA}`` defaults to the
+``shared/data`` folder beside the project, for the bundled real-data configs)
+and are taken relative to the config file's folder when not absolute.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or has the wrong type/value."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture. Defaults are the ``retinanet_mobilenetv2_fpn`` preset."""
+    preset: str | None = None
+    backbone: str = "mobilenetv2"
+    backbone_alpha: float = 1.0
+    backbone_weights: str | None = "imagenet"   # "imagenet", a .weights.h5 path, or null
+    image_size: tuple[int, int] = (320, 320)    # (height, width), divisible by 32
+    min_level: int = 3
+    max_level: int = 7
+    fpn_width: int = 128
+    fpn_lite: bool = False
+    fpn_batch_norm: bool = False
+    extra_levels_from: str = "C5"
+    head: str = "retinanet"                     # "retinanet" | "ssd_fpnlite"
+    head_width: int = 128
+    head_depth: int = 4
+    activation: str = "relu"                    # "relu" | "relu6"
+    prior_probability: float = 0.01
+    anchor_scale: float = 4.0
+    scales_per_octave: int = 3
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    box_scale_factors: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    num_classes: int = 0                        # filled from the training data's label map
+    score_threshold: float = 0.05               # decode + NMS (evaluation, export)
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+    max_detections_per_class: int = 100
+
+    def __post_init__(self):
+        h, w = self.image_size
+        if h % 32 or w % 32:
+            raise ConfigError(f"model.image_size {h}x{w} must be divisible by 32 (the backbone's C5 stride)")
+        if self.head not in ("retinanet", "ssd_fpnlite"):
+            raise ConfigError(f"model.head must be 'retinanet' or 'ssd_fpnlite', got {self.head!r}")
+        if self.activation not in ("relu", "relu6"):
+            raise ConfigError(f"model.activation must be 'relu' or 'relu6', got {self.activation!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is (COCO JSON, VOC dir, YOLO dir or TFRecord) and how it is augmented."""
+    train: str | None = None
+    val: str | None = None
+    train_include: str | None = None   # optional list of image file names (txt or csv 'filename')
+    val_include: str | None = None
+    strict: bool = False               # first bad item is an error instead of a skipped warning
+    hflip: bool = True
+    scale_jitter: tuple[float, float] = (0.8, 1.25)
+    photometric: bool = True
+    cache: bool = True                 # keep decoded images in memory (small datasets)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, target assignment and losses."""
+    epochs: int = 30
+    steps_per_epoch: int | None = None  # None: one pass over the training set
+    batch_size: int = 16
+    optimizer: str = "sgd"               # "sgd" (momentum) | "adamw"
+    learning_rate: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    warmup_epochs: float = 1.0
+    clipnorm: float | None = 10.0
+    freeze_backbone_epochs: int = 0
+    eval_every: int = 5                  # COCO evaluation on the val split every N epochs (0: never)
+    checkpoint_metric: str = "val_AP"    # "val_AP" | "val_loss"
+    seed: int = 0
+    positive_iou: float = 0.5
+    negative_iou: float = 0.4
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    box_loss_delta: float = 0.1
+    box_loss_weight: float = 50.0
+
+    def __post_init__(self):
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"train.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.checkpoint_metric not in ("val_AP", "val_loss"):
+            raise ConfigError(f"train.checkpoint_metric must be 'val_AP' or 'val_loss', got {self.checkpoint_metric!r}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """TFLite export and quantization."""
+    representative_images: int = 100
+    int8_io: str = "uint8"               # "uint8" | "int8" | "float32"
+    qat_steps: int = 300
+    qat_learning_rate: float = 1e-4
+    qat_batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+SECTIONS = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(key: str, value, annotation):
+    """Check/convert one YAML value to the annotated type; raise ConfigError naming ``key``."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(key, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _resolve_hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _build_section(name: str, cls, values: dict):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name}: expected a mapping, got {values!r}")
+    hints = _resolve_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(f"unknown config key {name}.{unknown[0]} (known: {', '.join(sorted(hints))})")
+    if cls is ModelConfig and values.get("preset"):
+        from keras_fpn.models.presets import PRESETS
+        preset = values["preset"]
+        if preset not in PRESETS:
+            raise ConfigError(f"model.preset: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        values = {**PRESETS[preset], **values}
+    kwargs = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _parse_override(item: str) -> tuple[str, str, object]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    if key.count(".") != 1:
+        raise ConfigError(f"--set {item!r}: key must be section.key (e.g. train.epochs)")
+    section, name = key.split(".")
+    return section, name, yaml.safe_load(raw) if raw != "" else None
+
+
+def config_from_dict(raw: dict | None, overrides: typing.Sequence[str] = (), base_dir: str | os.PathLike | None = None) -> Config:
+    """Build a ``Config`` from a nested dict plus ``section.key=value`` overrides."""
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown config section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+    merged = {name: dict(raw.get(name) or {}) for name in SECTIONS}
+    for item in overrides:
+        section, key, value = _parse_override(item)
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section {section!r}")
+        merged[section][key] = value
+    built = {name: _build_section(name, _resolve_hints(Config)[name], merged[name]) for name in SECTIONS}
+    cfg = Config(**built)
+    if base_dir is not None:
+        cfg = replace(cfg, data=_resolve_paths(cfg.data, Path(base_dir)))
+    return cfg
+
+
+def default_data_root() -> str:
+    """``$KERAS_FPN_DATA`` or the ``shared/data`` folder beside the project checkout."""
+    return os.environ.get("KERAS_FPN_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def _resolve_paths(data: DataConfig, base_dir: Path) -> DataConfig:
+    env = {**os.environ, "KERAS_FPN_DATA": default_data_root()}
+    changes = {}
+    for key in ("train", "val", "train_include", "val_include"):
+        value = getattr(data, key)
+        if value:
+            expanded = os.path.expanduser(_expand(value, env))
+            path = Path(expanded)
+            changes[key] = str(path if path.is_absolute() else (base_dir / path).resolve())
+    return replace(data, **changes)
+
+
+def _expand(value: str, env: dict) -> str:
+    for name, val in env.items():
+        value = value.replace("${" + name + "}", val)
+    return value
+
+
+def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML config file (plus overrides); data paths resolve against its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return config_from_dict(raw, overrides, base_dir=path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dict (tuples as lists) suitable for YAML/JSON."""
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+    return {name: {k: plain(v) for k, v in dataclasses.asdict(getattr(cfg, name)).items()} for name in SECTIONS}
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
