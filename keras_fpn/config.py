@@ -215,7 +215,7 @@ def config_from_dict(raw: dict | None, overrides: typing.Sequence[str] = (), bas
     built = {name: _build_section(name, _resolve_hints(Config)[name], merged[name]) for name in SECTIONS}
     cfg = Config(**built)
     if base_dir is not None:
-        cfg = replace(cfg, data=_resolve_paths(cfg.data, Path(base_dir)))
+        cfg = _resolve_paths(cfg, Path(base_dir))
     return cfg
 
 
@@ -224,16 +224,22 @@ def default_data_root() -> str:
     return os.environ.get("KERAS_FPN_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-def _resolve_paths(data: DataConfig, base_dir: Path) -> DataConfig:
+PATH_KEYS = {"data": ("train", "val", "train_include", "val_include"), "model": ("backbone_weights",)}
+
+
+def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
+    """Expand ``${VAR}`` / ``~`` in path keys and make them absolute against ``base_dir``."""
     env = {**os.environ, "KERAS_FPN_DATA": default_data_root()}
-    changes = {}
-    for key in ("train", "val", "train_include", "val_include"):
-        value = getattr(data, key)
-        if value:
-            expanded = os.path.expanduser(_expand(value, env))
-            path = Path(expanded)
-            changes[key] = str(path if path.is_absolute() else (base_dir / path).resolve())
-    return replace(data, **changes)
+    sections = {}
+    for section, keys in PATH_KEYS.items():
+        obj, changes = getattr(cfg, section), {}
+        for key in keys:
+            value = getattr(obj, key)
+            if value and value != "imagenet":
+                path = Path(os.path.expanduser(_expand(value, env)))
+                changes[key] = str(path if path.is_absolute() else (base_dir / path).resolve())
+        sections[section] = replace(obj, **changes)
+    return replace(cfg, **sections)
 
 
 def _expand(value: str, env: dict) -> str:

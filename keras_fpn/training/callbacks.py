@@ -1,0 +1,100 @@
+"""Learning-rate schedule and callbacks of ``keras-fpn train``."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="keras_fpn")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to ``base_lr`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+
+    def __init__(self, base_lr: float, warmup_steps: int, total_steps: int):
+        self.base_lr = float(base_lr)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = max(int(total_steps), 1)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = self.base_lr * step / max(self.warmup_steps, 1)
+        progress = keras.ops.clip((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 0.0, 1.0)
+        cosine = 0.5 * self.base_lr * (1.0 + keras.ops.cos(math.pi * progress))
+        return keras.ops.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self):
+        return {"base_lr": self.base_lr, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+
+def _save_atomic(model, path: Path) -> None:
+    """Save ``model`` (``.keras`` or ``.weights.h5``) through a temp file + rename."""
+    suffix = ".weights.h5" if path.name.endswith(".weights.h5") else ".keras"
+    tmp = path.with_name(f".tmp_{path.name[: -len(suffix)]}{suffix}")
+    if suffix == ".keras":
+        model.save(tmp)
+    else:
+        model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+class CocoEvalCheckpoint(keras.callbacks.Callback):
+    """Every ``every`` epochs (and at the last): COCO-evaluate on the val split, log
+    ``val_AP``/``val_AP50`` into the epoch logs, save ``last.*`` and, when the
+    monitored metric improved, ``best.*`` and ``eval.json``.
+
+    Monitors ``val_AP`` (higher is better, only on eval epochs) or ``val_loss``.
+    The best value survives restarts through ``RUN/best.json``.
+    """
+
+    def __init__(self, run_dir, val_dataset, model_cfg, *, every: int, last_epoch: int,
+                 monitor: str, batch_size: int = 8):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.val_dataset = val_dataset
+        self.model_cfg = model_cfg
+        self.every = every
+        self.last_epoch = last_epoch
+        self.monitor = monitor
+        self.batch_size = batch_size
+        state = self.run_dir / "best.json"
+        self.best = json.loads(state.read_text())["value"] if state.is_file() else None
+
+    def _improved(self, value) -> bool:
+        if value is None:
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.monitor == "val_AP" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        from keras_fpn.evaluation import coco_evaluate, predict_dataset
+
+        logs = logs if logs is not None else {}
+        metrics = None
+        is_eval = self.val_dataset is not None and (
+            (self.every and (epoch + 1) % self.every == 0) or epoch + 1 == self.last_epoch)
+        if is_eval:
+            results = predict_dataset(self.model, self.val_dataset, self.model_cfg, batch_size=self.batch_size)
+            metrics = coco_evaluate(self.val_dataset, results)
+            logs["val_AP"], logs["val_AP50"] = metrics["AP"], metrics["AP50"]
+            print(f"\nepoch {epoch + 1}: val AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
+                  f"AP_small {metrics['AP_small']:.4f}")
+        _save_atomic(self.model, self.run_dir / "last.weights.h5")
+        _save_atomic(self.model, self.run_dir / "last.keras")
+        value = logs.get(self.monitor)
+        if self._improved(value):
+            self.best = float(value)
+            _save_atomic(self.model, self.run_dir / "best.weights.h5")
+            _save_atomic(self.model, self.run_dir / "best.keras")
+            _write_json(self.run_dir / "best.json", {"epoch": epoch + 1, "metric": self.monitor, "value": self.best})
+            if metrics is not None:
+                _write_json(self.run_dir / "eval.json", {"epoch": epoch + 1, "split": "val", **metrics})
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,176 @@
+"""``keras-fpn train``: Model.fit with the run directory as the single artifact.
+
+Training state survives a kill: ``BackupAndRestore`` saves weights, optimizer
+state (including the step counter the LR schedule reads) and the epoch number
+to ``RUN/backup`` every ``backup_every_steps`` steps and at each epoch end; a
+rerun of the same command resumes from the last backup (the interrupted
+epoch restarts from its first batch with the backed-up weights). Backbone
+freezing for the first ``train.freeze_backbone_epochs`` epochs is a separate
+``fit`` phase (Keras fixes the trainable set at compile time); ``RUN/state.json``
+records which phase finished.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+
+from keras_fpn.config import Config, save_config
+from keras_fpn.rundir import save_labels, with_num_classes
+from keras_fpn.training.callbacks import CocoEvalCheckpoint, WarmupCosine
+
+BACKBONE_PREFIXES = ("fpn_", "head_", "box_deltas", "class_logits", "image")
+
+
+def _include_names(path: str | None):
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: include list not found")
+    lines = [l.strip() for l in p.read_text().splitlines() if l.strip()]
+    if p.suffix == ".csv":
+        rows = list(csv.DictReader(lines))
+        if not rows or "filename" not in rows[0]:
+            raise ValueError(f"{p}: a CSV include list needs a 'filename' column")
+        return {os.path.basename(r["filename"]) for r in rows}
+    return {os.path.basename(l) for l in lines}
+
+
+def load_split(path: str, include: str | None, strict: bool):
+    """Read one dataset split, keeping only the images named in ``include`` (if given)."""
+    from keras_fpn.data.formats import read_dataset
+
+    ds = read_dataset(path, strict=strict)
+    names = _include_names(include)
+    if names is not None:
+        keep = [i for i, r in enumerate(ds.records) if os.path.basename(r.image_path) in names]
+        ds = ds.subset(keep)
+    return ds
+
+
+def load_datasets(cfg: Config):
+    """(train, val) DetectionDatasets of a config; val may be None."""
+    if not cfg.data.train:
+        raise ValueError("data.train is not set (a COCO JSON, VOC folder, YOLO folder or TFRecord)")
+    train = load_split(cfg.data.train, cfg.data.train_include, cfg.data.strict)
+    val = load_split(cfg.data.val, cfg.data.val_include, cfg.data.strict) if cfg.data.val else None
+    if val is not None and val.label_map.names != train.label_map.names:
+        raise ValueError(f"val classes {val.label_map.names} differ from train classes {train.label_map.names}")
+    return train, val
+
+
+def model_anchors(model_cfg):
+    from keras_fpn.ops.anchors import generate_anchors
+
+    return generate_anchors(model_cfg.image_size, model_cfg.min_level, model_cfg.max_level,
+                            model_cfg.anchor_scale, model_cfg.scales_per_octave, model_cfg.aspect_ratios)
+
+
+def training_pipeline(cfg: Config, dataset, *, training: bool, batch_size: int | None = None, seed=None):
+    """The tf.data pipeline of a config (shared by train and QAT fine-tuning)."""
+    from keras_fpn.data.pipeline import AugmentConfig, build_detection_dataset
+    from keras_fpn.models.backbones import NORMALIZATION
+
+    augment = AugmentConfig(hflip=cfg.data.hflip, scale_jitter=cfg.data.scale_jitter,
+                            photometric=cfg.data.photometric)
+    return build_detection_dataset(
+        dataset, image_size=cfg.model.image_size, anchors=model_anchors(cfg.model),
+        normalization=NORMALIZATION[cfg.model.backbone], batch_size=batch_size or cfg.train.batch_size,
+        training=training, augment=augment if training else None, positive_iou=cfg.train.positive_iou,
+        negative_iou=cfg.train.negative_iou, scale_factors=cfg.model.box_scale_factors,
+        seed=cfg.train.seed if seed is None else seed, cache=cfg.data.cache, strict=cfg.data.strict)
+
+
+def losses(cfg: Config) -> tuple[dict, dict]:
+    from keras_fpn.ops.losses import BoxLoss, FocalLoss
+
+    t = cfg.train
+    return ({"box_deltas": BoxLoss(delta=t.box_loss_delta),
+             "class_logits": FocalLoss(alpha=t.focal_alpha, gamma=t.focal_gamma)},
+            {"box_deltas": t.box_loss_weight, "class_logits": 1.0})
+
+
+def _optimizer(cfg: Config, schedule):
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=t.momentum, weight_decay=t.weight_decay,
+                                    clipnorm=t.clipnorm, nesterov=False)
+    return keras.optimizers.AdamW(schedule, weight_decay=t.weight_decay, clipnorm=t.clipnorm)
+
+
+def _set_backbone_trainable(model, trainable: bool) -> None:
+    for layer in model.layers:
+        if not layer.name.startswith(BACKBONE_PREFIXES):
+            layer.trainable = trainable
+
+
+def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 50, verbose: int | str = "auto") -> dict:
+    """Train the detector of ``cfg`` into ``run_dir`` (resuming if a backup exists).
+
+    Returns:
+      ``{"run_dir", "epochs", "seconds", "best": {...}, "eval": {...}}``.
+    """
+    from keras_fpn.models.detector import build_detector
+
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.train.seed)
+    train_set, val_set = load_datasets(cfg)
+    if val_set is None:
+        train_set, val_set = train_set.split(0.1, seed=cfg.train.seed)
+    cfg = with_num_classes(cfg, train_set.label_map.num_classes)
+    save_config(cfg, run / "config.yaml")
+    save_labels(run / "labels.txt", train_set.label_map.names)
+
+    steps = cfg.train.steps_per_epoch or max(len(train_set) // cfg.train.batch_size, 1)
+    total = steps * cfg.train.epochs
+    schedule = WarmupCosine(cfg.train.learning_rate, int(cfg.train.warmup_epochs * steps), total)
+    train_ds = training_pipeline(cfg, train_set, training=True).repeat()
+    model = build_detector(cfg.model)
+    loss, weights = losses(cfg)
+
+    state_path = run / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    freeze = min(cfg.train.freeze_backbone_epochs, cfg.train.epochs)
+    phases = ([("frozen", 0, freeze)] if freeze else []) + [("full", freeze, cfg.train.epochs)]
+    started = time.time()
+    for phase, first, last in phases:
+        if state.get("phase_done") == phase or (phase == "frozen" and state.get("phase_done") == "full"):
+            continue
+        if phase == "full" and state.get("phase_done") == "frozen":
+            model.load_weights(run / "last.weights.h5")
+        _set_backbone_trainable(model, phase != "frozen")
+        model.compile(optimizer=_optimizer(cfg, schedule), loss=loss, loss_weights=weights)
+        model.optimizer.build(model.trainable_variables)
+        model.optimizer.iterations.assign(first * steps)  # the schedule continues across phases
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(run / "backup"), save_freq=backup_every_steps),
+            CocoEvalCheckpoint(run, val_set, cfg.model, every=cfg.train.eval_every,
+                               last_epoch=cfg.train.epochs, monitor=cfg.train.checkpoint_metric),
+            keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.TensorBoard(str(run / "logs"), write_graph=False, profile_batch=0),
+        ]
+        val_ds = training_pipeline(cfg, val_set, training=False) if cfg.train.checkpoint_metric == "val_loss" else None
+        model.fit(train_ds, epochs=last, initial_epoch=first, steps_per_epoch=steps,
+                  validation_data=val_ds, callbacks=callbacks, verbose=verbose)
+        if model.stop_training and not (run / "last.weights.h5").is_file():
+            raise RuntimeError("training stopped (NaN loss) before the first epoch ended")
+        state = {"phase_done": phase}
+        _write_state(state_path, state)
+    best = json.loads((run / "best.json").read_text()) if (run / "best.json").is_file() else None
+    evaluation = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else None
+    return {"run_dir": str(run), "epochs": cfg.train.epochs, "seconds": time.time() - started,
+            "best": best, "eval": evaluation}
+
+
+def _write_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(".state.json.tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
