@@ -1,0 +1,357 @@
+"""``fpn-edge``: run keras-fpn TFLite detectors without TensorFlow.
+
+Commands::
+
+    fpn-edge detect MODEL.tflite INPUT... --out DIR [--threshold T] [--max-detections N]
+                    [--threads N] [--delegate SPEC] [--no-images] [--max-frames N] [--quiet]
+    fpn-edge bench  MODEL.tflite [--threads N] [--runs N] [--warmup N] [--delegate SPEC]
+                    [--image PATH] [--json] [--out FILE]
+    fpn-edge info   MODEL.tflite [--json]
+
+``detect`` takes image files and directories (and, when OpenCV is installed,
+video files and camera indices such as ``0``). It writes ``DIR/detections.json``
+(atomically) and an annotated copy of each image in DIR. User errors print one
+line ``fpn-edge: error: ...`` and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fpn_edge.errors import EdgeError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+PROG = "fpn-edge"
+
+
+def _log(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _error(msg: str) -> None:
+    print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+
+
+def _atomic_save_image(path: Path, pil_image) -> None:
+    import io
+
+    buf = io.BytesIO()
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    pil_image.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def _cv2_or_fail(what: str):
+    try:
+        import cv2
+    except ImportError:
+        raise EdgeError(f"{what}: video and camera input need OpenCV: "
+                        "pip install opencv-python-headless  (or keras-fpn[video])") from None
+    return cv2
+
+
+def _expand_inputs(inputs: list) -> list:
+    """-> [(kind, source)] with kind 'image' | 'video' | 'camera'; directories expanded (sorted)."""
+    items = []
+    for raw in inputs:
+        if raw.isdigit() and not Path(raw).exists():
+            items.append(("camera", raw))
+            continue
+        p = Path(raw)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            if not files:
+                raise EdgeError(f"{p}: no image files in directory ({', '.join(sorted(IMAGE_EXTS))})")
+            items.extend(("image", f) for f in files)
+        elif not p.exists():
+            raise EdgeError(f"{p}: input not found")
+        elif p.suffix.lower() in VIDEO_EXTS:
+            items.append(("video", p))
+        else:
+            items.append(("image", p))  # unknown extensions: let Pillow decide
+    return items
+
+
+def _annotated_path(out_dir: Path, src: Path, used: set) -> Path:
+    ext = ".jpg" if src.suffix.lower() in (".jpg", ".jpeg") else ".png"
+    stem = src.stem
+    cand = out_dir / f"{stem}{ext}"
+    n = 1
+    while cand.resolve() in used or cand.resolve() == src.resolve():
+        cand = out_dir / f"{stem}_det{'' if n == 1 else n}{ext}"
+        n += 1
+    used.add(cand.resolve())
+    return cand
+
+
+def _run_video(det, kind, src, out_dir: Path, args, used: set) -> dict:
+    from fpn_edge.draw import draw_detections
+    import numpy as np
+
+    cv2 = _cv2_or_fail(str(src))
+    cap = cv2.VideoCapture(int(src) if kind == "camera" else str(src))
+    if not cap.isOpened():
+        raise EdgeError(f"{src}: cannot open {'camera' if kind == 'camera' else 'video file'}")
+    writer, frames, out_path = None, [], None
+    name = f"camera{src}" if kind == "camera" else Path(src).stem
+    try:
+        i = 0
+        while args.max_frames is None or i < args.max_frames:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            rgb = np.ascontiguousarray(frame[:, :, ::-1])
+            t0 = time.perf_counter()
+            dets = det.detect(rgb, score_threshold=args.threshold, max_detections=args.max_detections)
+            ms = (time.perf_counter() - t0) * 1e3
+            frames.append({"frame": i, "detections": [d.to_dict() for d in dets]})
+            if not args.no_images:
+                if writer is None:
+                    out_path = out_dir / f"{name}_det.mp4"
+                    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+                    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                             (rgb.shape[1], rgb.shape[0]))
+                ann = np.asarray(draw_detections(rgb, dets))
+                writer.write(np.ascontiguousarray(ann[:, :, ::-1]))
+            _log(f"[{name} frame {i}] {len(dets)} detections ({ms:.1f} ms)", args.quiet)
+            i += 1
+    except KeyboardInterrupt:
+        _log(f"[{name}] interrupted after {len(frames)} frames", args.quiet)
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+    entry = {"file": str(src), "kind": kind, "frames": frames}
+    if out_path is not None:
+        entry["annotated"] = out_path.name
+    return entry
+
+
+def cmd_detect(args) -> int:
+    from fpn_edge.detector import Detector
+    from fpn_edge.draw import draw_detections
+
+    det = Detector.from_file(args.model, threads=args.threads, delegate=args.delegate)
+    items = _expand_inputs(args.inputs)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _log(f"{args.model}: {det.output_kind} model, input {det.input_size[0]}x{det.input_size[1]} "
+         f"{det.input_dtype.name}, {det.delegate}; {len(items)} input(s)", args.quiet)
+    results, errors, used = [], [], set()
+    for n, (kind, src) in enumerate(items, 1):
+        try:
+            if kind != "image":
+                results.append(_run_video(det, kind, src, out_dir, args, used))
+                continue
+            img = det.load(src)
+            t0 = time.perf_counter()
+            dets = det.detect(img, score_threshold=args.threshold, max_detections=args.max_detections)
+            ms = (time.perf_counter() - t0) * 1e3
+            entry = {"file": str(src), "width": int(img.shape[1]), "height": int(img.shape[0]),
+                     "detections": [d.to_dict() for d in dets]}
+            if not args.no_images:
+                ann_path = _annotated_path(out_dir, Path(src), used)
+                _atomic_save_image(ann_path, draw_detections(img, dets))
+                entry["annotated"] = ann_path.name
+            results.append(entry)
+            _log(f"[{n}/{len(items)}] {src}: {len(dets)} detections ({ms:.1f} ms)", args.quiet)
+        except EdgeError as e:
+            _error(str(e))
+            errors.append({"file": str(src), "error": str(e)})
+    report = {"model": str(args.model), "output_kind": det.output_kind, "delegate": det.delegate,
+              "labels": det.labels, "score_threshold": args.threshold,
+              "box_format": {"box_xyxy": "x1, y1, x2, y2 in original image pixels",
+                             "box_yxyx": "ymin, xmin, ymax, xmax normalized to the original image"},
+              "images": results, "errors": errors}
+    out_json = out_dir / "detections.json"
+    _atomic_write_json(out_json, report)
+    _log(f"wrote {out_json} ({len(results)} input(s), {len(errors)} error(s))", args.quiet)
+    return 2 if errors else 0
+
+
+def _fmt_stats(s: dict) -> str:
+    return (f"p50 {s['p50']:.2f}  p90 {s['p90']:.2f}  p99 {s['p99']:.2f}  mean {s['mean']:.2f}  "
+            f"(min {s['min']:.2f}, max {s['max']:.2f}) ms")
+
+
+def cmd_bench(args) -> int:
+    from fpn_edge.bench import benchmark
+
+    total = args.warmup + args.runs
+    step = max(1, total // 10)
+
+    def progress(done, tot):
+        if not args.quiet and (done % step == 0 or done == tot) and not args.json:
+            _log(f"  {done}/{tot}")
+
+    res = benchmark(args.model, threads=args.threads, delegate=args.delegate, runs=args.runs,
+                    warmup=args.warmup, image=args.image, progress=progress)
+    if args.out:
+        _atomic_write_json(Path(args.out), res)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    lat = res["latency_ms"]
+    lines = [f"model       {res['model']} ({res['model_size_bytes'] / 1e6:.2f} MB, "
+             f"input {res['input']['shape']} {res['input']['dtype']}, output {res['output_kind']})",
+             f"runtime     {res['backend']}, {res['delegate']}",
+             f"cpu         {res['cpu']} ({res['machine']})",
+             f"runs        {res['runs']} (+{res['warmup']} warmup)",
+             f"invoke      {_fmt_stats(lat['invoke'])}"]
+    if "end_to_end" in lat:
+        lines.append(f"end-to-end  {_fmt_stats(lat['end_to_end'])}")
+    lines.append(f"throughput  {res['throughput_fps']:.1f} images/s")
+    if res["peak_rss_mb"] is not None:
+        lines.append(f"peak RSS    {res['peak_rss_mb']:.1f} MiB")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from fpn_edge.interpreter import describe_model
+    from fpn_edge.metadata import read_metadata
+
+    info = describe_model(args.model)
+    try:
+        meta, anchors = read_metadata(args.model)
+        info["metadata"] = meta
+        info["anchors"] = None if anchors is None else {"count": int(anchors.shape[0])}
+    except EdgeError as e:
+        info["metadata"] = None
+        info["metadata_error"] = str(e)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+
+    def tensor_line(t):
+        q = t.get("quantization")
+        if q is None:
+            qs = "float"
+        elif "scale" in q:
+            qs = f"scale={q['scale']:.6g} zero_point={q['zero_point']}"
+        else:
+            qs = f"per-axis({q['axis']}) {len(q['scales'])} scales"
+        return f"  {t['name']:<40} {str(t['shape']):<18} {t['dtype']:<8} {qs}"
+
+    out = [f"model    {info['path']} ({info['size_bytes']} bytes, {info['backend']})", "inputs:"]
+    out += [tensor_line(t) for t in info["inputs"]]
+    out.append("outputs:")
+    out += [tensor_line(t) for t in info["outputs"]]
+    if info["ops"] is not None:
+        counts = {}
+        for op in info["ops"]:
+            counts[op] = counts.get(op, 0) + 1
+        out.append(f"ops ({len(info['ops'])}): " + ", ".join(f"{k} x{v}" for k, v in counts.items()))
+    meta = info["metadata"]
+    if meta is None:
+        out.append(f"metadata: none ({info['metadata_error']})")
+    else:
+        norm = meta["input"]["normalization"]
+        out += [f"output   {meta['output']}",
+                f"input    {meta['input']['height']}x{meta['input']['width']}, {norm['channel_order']}, "
+                f"mean {norm['mean']}, std {norm['std']}",
+                f"labels   ({len(meta['labels'])}) {', '.join(meta['labels'])}",
+                f"box coder scale factors {meta['box_coder']['scale_factors']}",
+                f"nms      {json.dumps(meta['nms'])}"]
+        if info["anchors"]:
+            out.append(f"anchors  {info['anchors']['count']}")
+        if meta.get("config"):
+            out.append("config:")
+            out += ["  " + line for line in json.dumps(meta["config"], indent=2).splitlines()]
+    print("\n".join(out))
+    return 0
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Run keras-fpn TFLite detectors (no TensorFlow needed).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def runtime_args(sp):
+        sp.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: interpreter's)")
+        sp.add_argument("--delegate", default="cpu",
+                        help="cpu | edgetpu[:DEVICE] | gpu:/path/lib.so | /path/delegate.so (default cpu)")
+
+    d = sub.add_parser("detect", help="detect objects in images / directories / videos")
+    d.add_argument("model")
+    d.add_argument("inputs", nargs="+", metavar="INPUT")
+    d.add_argument("--out", required=True, help="output directory (detections.json + annotated images)")
+    d.add_argument("--threshold", type=float, default=None, help="score threshold (default: model's)")
+    d.add_argument("--max-detections", type=_positive_int, default=None)
+    d.add_argument("--no-images", action="store_true", help="write only detections.json")
+    d.add_argument("--max-frames", type=_positive_int, default=None, help="video/camera: stop after N frames")
+    d.add_argument("--quiet", action="store_true")
+    runtime_args(d)
+    d.set_defaults(func=cmd_detect)
+
+    b = sub.add_parser("bench", help="latency benchmark")
+    b.add_argument("model")
+    b.add_argument("--runs", type=_positive_int, default=100)
+    b.add_argument("--warmup", type=_nonneg_int, default=10)
+    b.add_argument("--image", default=None, help="image to run on (default: random 640x480)")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.add_argument("--out", default=None, help="also write the JSON result to this file")
+    b.add_argument("--quiet", action="store_true")
+    runtime_args(b)
+    b.set_defaults(func=cmd_bench)
+
+    i = sub.add_parser("info", help="inputs, outputs, ops, labels and config of a model")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgeError as e:
+        _error(str(e))
+        return 2
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

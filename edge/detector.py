@@ -1,0 +1,366 @@
+"""``Detector``: run a keras-fpn .tflite model on an image and return detections in image pixels.
+
+Handles both export signatures, told apart by the metadata's ``output`` key:
+
+``"postprocess"``
+    The model ends in ``TFLite_Detection_PostProcess``: outputs boxes
+    ``[1, N, 4]`` (normalized yxyx on the model canvas), classes ``[1, N]``,
+    scores ``[1, N]``, count ``[1]``. The interpreter lists these outputs in an
+    order of its own, so they are mapped through the op's own output list (or,
+    failing that, signature names / tensor names), never by position.
+``"raw"``
+    Outputs ``box_deltas [1, A, 4]`` and ``class_logits [1, A, C]`` (float, or
+    int8/uint8 dequantized with the tensors' scale and zero point); decoded and
+    NMS'd in numpy by :func:`fpn_edge.postprocess.decode_detections` with the
+    anchors, scale factors and NMS settings stored in the metadata.
+
+Detections are reported for the ORIGINAL image (the letterbox is undone):
+``box_xyxy`` = ``[x1, y1, x2, y2]`` in pixels (float, x right, y down, clipped
+to the image) and ``box_yxyx`` = ``[ymin, xmin, ymax, xmax]`` normalized to the
+original image size (the library's box convention). ``class_id`` is the model's
+contiguous class id (0..C-1), ``label`` its name from the metadata.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fpn_edge.errors import EdgeError
+from fpn_edge.interpreter import LoadedInterpreter, load_interpreter
+from fpn_edge.metadata import read_metadata
+from fpn_edge.preprocess import as_rgb_uint8, letterbox, load_image, normalize, quantize
+
+__all__ = ["Detector", "Detection"]
+
+POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+PP_KEYS = ("boxes", "classes", "scores", "num_detections")
+RAW_KEYS = ("box_deltas", "class_logits")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detection in original-image coordinates (see the module docstring)."""
+
+    class_id: int
+    label: str
+    score: float
+    box_xyxy: tuple     # (x1, y1, x2, y2) pixels
+    box_yxyx: tuple     # (ymin, xmin, ymax, xmax) normalized to the original image
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict with keys class_id, label, score, box_xyxy, box_yxyx."""
+        return {"class_id": self.class_id, "label": self.label, "score": round(self.score, 6),
+                "box_xyxy": [round(v, 3) for v in self.box_xyxy],
+                "box_yxyx": [round(v, 6) for v in self.box_yxyx]}
+
+
+def _trailing_int(name: str, default: int = 0) -> int:
+    m = re.search(r"(\d+)$", name)
+    return int(m.group(1)) if m else default
+
+
+def _ops_details(interp) -> list:
+    try:
+        return list(interp._get_ops_details())
+    except Exception:  # older tflite-runtime builds lack it
+        return []
+
+
+def _signature_outputs(interp) -> list:
+    """Signature outputs as ``[(name, tensor index)]`` sorted by name's trailing number, or []."""
+    try:
+        sigs = interp.get_signature_list()
+        if len(sigs) != 1:
+            return []
+        runner = interp.get_signature_runner(next(iter(sigs)))
+        details = runner.get_output_details()
+    except Exception:
+        return []
+    items = [(name, d["index"]) for name, d in details.items()]
+    return sorted(items, key=lambda it: (_trailing_int(it[0]), it[0]))
+
+
+def _map_postprocess_outputs(interp, outputs: list, where) -> dict:
+    """Map boxes/classes/scores/num_detections to output tensor indices."""
+    out_idx = {d["index"] for d in outputs}
+    # 1. The op's own output list is in its documented order (boxes, classes, scores, count).
+    for op in _ops_details(interp):
+        if op.get("op_name") == POSTPROCESS_OP:
+            idx = [int(i) for i in op["outputs"]]
+            if len(idx) == 4 and set(idx) <= out_idx:
+                return dict(zip(PP_KEYS, idx))
+    by_name = {d["name"]: d["index"] for d in outputs}
+    # 2. Descriptive names (TF OD API exports): detection_boxes, detection_classes, ...
+    found = {}
+    for name, idx in list(by_name.items()) + _signature_outputs(interp):
+        low = name.lower()
+        for key, words in (("boxes", ("box",)), ("classes", ("class",)),
+                           ("scores", ("score",)), ("num_detections", ("num", "count"))):
+            if any(w in low for w in words):
+                found.setdefault(key, idx)
+    if len(found) == 4 and len(set(found.values())) == 4:
+        return found
+    # 3. Tensor names "X", "X:1", "X:2", "X:3" (the op's outputs in order).
+    stems = {}
+    for name, idx in by_name.items():
+        stem, _, k = name.rpartition(":")
+        stem, k = (stem, int(k)) if k.isdigit() else (name, 0)
+        stems.setdefault(stem, {})[k] = idx
+    for stem, ks in stems.items():
+        if sorted(ks) == [0, 1, 2, 3]:
+            return {key: ks[k] for k, key in enumerate(PP_KEYS)}
+    # 4. Signature order output_0..output_3 (keras-fpn's export order).
+    sig = _signature_outputs(interp)
+    if len(sig) == 4:
+        return {key: idx for key, (_, idx) in zip(PP_KEYS, sig)}
+    raise EdgeError(f"{where}: cannot tell the post-process outputs apart "
+                    f"(outputs: {sorted(by_name)})")
+
+
+def _map_raw_outputs(interp, outputs: list, meta: dict, num_classes: int, where) -> dict:
+    """Map box_deltas/class_logits to output tensor indices."""
+    by_name = {d["name"]: d for d in outputs}
+    named = meta.get("output_tensors") or {}
+    if all(k in named and named[k] in by_name for k in RAW_KEYS):
+        return {k: by_name[named[k]]["index"] for k in RAW_KEYS}
+    if num_classes != 4:
+        box = [d for d in outputs if len(d["shape"]) == 3 and d["shape"][-1] == 4]
+        cls = [d for d in outputs if len(d["shape"]) == 3 and d["shape"][-1] == num_classes]
+        if len(box) == 1 and len(cls) == 1:
+            return {"box_deltas": box[0]["index"], "class_logits": cls[0]["index"]}
+    sig = _signature_outputs(interp)
+    if len(sig) == 2:  # keras_fpn models output [box_deltas, class_logits] in this order
+        return {"box_deltas": sig[0][1], "class_logits": sig[1][1]}
+    ordered = sorted(outputs, key=lambda d: (_trailing_int(d["name"]), d["name"]))
+    if len(ordered) == 2:
+        return {"box_deltas": ordered[0]["index"], "class_logits": ordered[1]["index"]}
+    raise EdgeError(f"{where}: a raw model must have 2 outputs (box_deltas, class_logits), "
+                    f"found {len(outputs)}")
+
+
+def _dequantize(arr: np.ndarray, detail: dict) -> np.ndarray:
+    if np.issubdtype(arr.dtype, np.integer):
+        scale, zp = detail["quantization"]
+        if scale == 0:
+            return arr.astype(np.float32)
+        return (arr.astype(np.float32) - np.float32(zp)) * np.float32(scale)
+    return arr.astype(np.float32, copy=False)
+
+
+class Detector:
+    """A loaded keras-fpn TFLite detector. Not thread-safe: use one per thread.
+
+    Build with :meth:`from_file`. The interpreter, its tensors and the
+    preprocessing buffers are allocated once and reused for every call.
+    """
+
+    def __init__(self, loaded: LoadedInterpreter, meta: dict, anchors: np.ndarray | None):
+        self._loaded = loaded
+        self._interp = loaded.interpreter
+        self.meta = meta
+        self.anchors = anchors
+        self.path = loaded.path
+        self.labels = list(meta["labels"])
+        self.output_kind = meta["output"]
+        where = str(self.path)
+
+        inputs = self._interp.get_input_details()
+        if len(inputs) != 1:
+            raise EdgeError(f"{where}: expected 1 input tensor, found {len(inputs)}")
+        self._input = inputs[0]
+        shape = [int(v) for v in self._input["shape"]]
+        h, w = int(meta["input"]["height"]), int(meta["input"]["width"])
+        if shape != [1, h, w, 3]:
+            raise EdgeError(f"{where}: input tensor shape {shape} does not match the metadata's "
+                            f"[1, {h}, {w}, 3]")
+        self.input_size = (h, w)
+        self.input_dtype = np.dtype(self._input["dtype"])
+        if self.input_dtype not in (np.float32, np.uint8, np.int8):
+            raise EdgeError(f"{where}: unsupported input dtype {self.input_dtype}")
+        self._normalization = meta["input"]["normalization"]
+        # Preallocated buffers, reused for every frame.
+        self._canvas = np.zeros((h, w, 3), np.float32)
+        self._norm = np.zeros((1, h, w, 3), np.float32)
+        self._qinput = (np.zeros((1, h, w, 3), self.input_dtype)
+                        if self.input_dtype != np.float32 else None)
+
+        outputs = self._interp.get_output_details()
+        self._out_details = {d["index"]: d for d in outputs}
+        if self.output_kind == "postprocess":
+            self._out_map = _map_postprocess_outputs(self._interp, outputs, where)
+        else:
+            if anchors is None:
+                raise EdgeError(f"{where}: a raw model needs anchors in its metadata")
+            self._out_map = _map_raw_outputs(self._interp, outputs, meta, len(self.labels), where)
+            a = self._out_details[self._out_map["box_deltas"]]["shape"]
+            c = self._out_details[self._out_map["class_logits"]]["shape"]
+            if (len(a) != 3 or a[-1] != 4 or len(c) != 3 or c[-1] != len(self.labels)
+                    or a[1] != c[1] or a[1] != anchors.shape[0]):
+                raise EdgeError(f"{where}: raw outputs {list(a)} / {list(c)} do not match "
+                                f"{anchors.shape[0]} anchors and {len(self.labels)} labels")
+            from fpn_edge.postprocess import decode_detections  # numpy only
+            self._decode = decode_detections
+        box_coder = meta["box_coder"]
+        self.scale_factors = tuple(float(v) for v in box_coder["scale_factors"])
+        self.nms = dict(meta["nms"])
+
+    @classmethod
+    def from_file(cls, path, *, threads: int | None = None, delegate: str | None = "cpu") -> "Detector":
+        """Load a keras-fpn .tflite (with its embedded metadata).
+
+        Args:
+            path: the .tflite file.
+            threads: CPU threads (None: the interpreter's default).
+            delegate: ``cpu`` | ``edgetpu[:DEVICE]`` | ``gpu:/path/lib.so`` | a library path
+                (see :mod:`fpn_edge.interpreter`).
+
+        Raises:
+            EdgeError: a one-line message for every user error (file, metadata, delegate).
+        """
+        loaded = load_interpreter(path, threads=threads, delegate=delegate)
+        meta, anchors = read_metadata(path)
+        return cls(loaded, meta, anchors)
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def delegate(self) -> str:
+        """What runs the model, e.g. ``cpu (XNNPACK, 2 threads)``."""
+        return self._loaded.delegate_description
+
+    @property
+    def backend(self) -> str:
+        return self._loaded.backend
+
+    @property
+    def interpreter(self):
+        return self._interp
+
+    # -- pipeline pieces ----------------------------------------------------
+    def set_input(self, model_input: np.ndarray) -> None:
+        """Copy a normalized float canvas ``[H, W, 3]`` or ``[1, H, W, 3]`` into the input tensor.
+
+        Quantizes with the input tensor's (scale, zero_point) for uint8/int8 models.
+        """
+        if model_input is self._norm:
+            x = self._norm
+        else:
+            x = np.asarray(model_input, dtype=np.float32).reshape(self._norm.shape)
+        if self._qinput is None:
+            if x is not self._norm:
+                np.copyto(self._norm, x)
+            self._interp.set_tensor(self._input["index"], self._norm)
+        else:
+            scale, zp = self._input["quantization"]
+            quantize(x, scale, zp, self.input_dtype, out=self._qinput)
+            self._interp.set_tensor(self._input["index"], self._qinput)
+
+    def preprocess(self, image: np.ndarray):
+        """Letterbox + normalize an ``[h, w, 3]`` uint8 RGB image into the reused buffers.
+
+        Returns:
+            ``(normalized float32 [1, H, W, 3] view of the internal buffer, LetterboxInfo)``.
+        """
+        h, w = self.input_size
+        _, info = letterbox(image, h, w, out=self._canvas)
+        normalize(self._canvas, self._normalization, out=self._norm[0])
+        return self._norm, info
+
+    def _read_outputs(self) -> dict:
+        return {k: _dequantize(self._interp.get_tensor(i), self._out_details[i])
+                for k, i in self._out_map.items()}
+
+    def invoke(self) -> None:
+        """Run the interpreter on the current input tensor."""
+        self._interp.invoke()
+
+    def raw_outputs(self, model_input: np.ndarray | None = None) -> dict:
+        """Run the model and return its outputs by name, dequantized to float32.
+
+        Args:
+            model_input: a normalized float canvas (``[H, W, 3]`` or ``[1, H, W, 3]``),
+                or None to run on whatever :meth:`preprocess` left in the buffer.
+
+        Returns:
+            ``{"boxes", "classes", "scores", "num_detections"}`` for post-process
+            models, ``{"box_deltas", "class_logits"}`` for raw models (batch dim kept).
+        """
+        self.set_input(self._norm if model_input is None else model_input)
+        self._interp.invoke()
+        return self._read_outputs()
+
+    def load(self, image) -> np.ndarray:
+        """An image path, PIL image or array -> ``[h, w, 3]`` uint8 RGB."""
+        if isinstance(image, (str, Path)):
+            return load_image(image)
+        return as_rgb_uint8(image)
+
+    # -- the whole thing ----------------------------------------------------
+    def detect(self, image, *, score_threshold: float | None = None,
+               max_detections: int | None = None) -> list[Detection]:
+        """Detect objects in one image.
+
+        Args:
+            image: a path, a PIL image, or an ``[h, w, 3]`` uint8 RGB array.
+            score_threshold: minimum score (default: the metadata's NMS score
+                threshold). A post-process model applies its baked-in threshold
+                first, so a lower value cannot bring back what it dropped.
+            max_detections: keep at most this many (default: the metadata's).
+
+        Returns:
+            Detections sorted by decreasing score, in original image coordinates.
+        """
+        img = self.load(image)
+        _, info = self.preprocess(img)
+        self.set_input(self._norm)
+        self._interp.invoke()
+        return self.postprocess(info, score_threshold=score_threshold, max_detections=max_detections)
+
+    def postprocess(self, info, *, score_threshold: float | None = None,
+                    max_detections: int | None = None) -> list[Detection]:
+        """Turn the outputs of the last :meth:`invoke` into detections for the image ``info`` describes."""
+        out = self._read_outputs()
+        if self.output_kind == "postprocess":
+            n = int(round(float(out["num_detections"].reshape(-1)[0])))
+            boxes = out["boxes"].reshape(-1, 4)[:n]
+            scores = out["scores"].reshape(-1)[:n]
+            classes = out["classes"].reshape(-1)[:n]
+            if score_threshold is not None:
+                keep = scores >= score_threshold
+                boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+            order = np.argsort(-scores, kind="stable")
+            if max_detections is not None:
+                order = order[:max_detections]
+            boxes, scores, classes = boxes[order], scores[order], classes[order]
+        else:
+            nms = self.nms
+            extra = {}
+            if "pre_nms_top_k" in nms:  # optional; else decode_detections' default (= keras_fpn's)
+                extra["pre_nms_top_k"] = None if nms["pre_nms_top_k"] is None else int(nms["pre_nms_top_k"])
+            res = self._decode(
+                out["box_deltas"][0], out["class_logits"][0], self.anchors,
+                scale_factors=self.scale_factors,
+                score_threshold=float(nms["score_threshold"] if score_threshold is None else score_threshold),
+                iou_threshold=float(nms["iou_threshold"]),
+                max_detections_per_class=int(nms["max_detections_per_class"]),
+                max_detections=int(nms["max_detections"] if max_detections is None else max_detections),
+                **extra)
+            n = int(np.asarray(res["num_detections"]).reshape(-1)[0])
+            boxes = np.asarray(res["boxes"]).reshape(-1, 4)[:n]
+            scores = np.asarray(res["scores"]).reshape(-1)[:n]
+            classes = np.asarray(res["classes"]).reshape(-1)[:n]
+        return self._to_detections(boxes, scores, classes, info)
+
+    def _to_detections(self, boxes, scores, classes, info) -> list[Detection]:
+        norm = info.canvas_to_image(boxes)
+        h, w = info.orig_h, info.orig_w
+        dets = []
+        for (y1, x1, y2, x2), s, c in zip(norm.tolist(), np.asarray(scores).tolist(),
+                                          np.asarray(classes).tolist()):
+            cid = int(round(c))
+            label = self.labels[cid] if 0 <= cid < len(self.labels) else f"class_{cid}"
+            dets.append(Detection(cid, label, float(s), (x1 * w, y1 * h, x2 * w, y2 * h),
+                                  (y1, x1, y2, x2)))
+        return dets
