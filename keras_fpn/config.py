@@ -23,6 +23,10 @@ class ConfigError(ValueError):
     """A config key is unknown or has the wrong type/value."""
 
 
+#: ``model.task`` values: what the model predicts and which head, data, loss and metric it uses.
+TASKS = ("detection", "segmentation")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture. Defaults are the ``retinanet_mobilenetv2_fpn`` preset."""
@@ -41,6 +45,7 @@ class ModelConfig:
     head_width: int = 128
     head_depth: int = 4
     activation: str = "relu"                    # "relu" | "relu6"
+    bn_momentum: float = 0.99                   # every BatchNorm, backbone included (Keras' 0.999 is too slow for short runs)
     prior_probability: float = 0.01
     anchor_scale: float = 4.0
     scales_per_octave: int = 3
@@ -51,8 +56,23 @@ class ModelConfig:
     iou_threshold: float = 0.5
     max_detections: int = 100
     max_detections_per_class: int = 100
+    # Segmentation (``task: segmentation``, see keras_fpn.models.segmentation). The
+    # semantic head reads P{min_level}..P{min(max_level, 5)}; P6/P7 are not built.
+    task: str = "detection"                     # "detection" | "segmentation"
+    seg_width: int = 128                        # channels of the semantic head
+    seg_c2_skip: bool = False                   # add a 1x1 conv of C2 (stride 4) into the head's sum
+    seg_final_upsample: str = "bilinear"        # x4 logits -> input size: "bilinear" | "nearest"
+    ignore_label: int = 255                     # class-map value that the loss and metrics skip
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"model.task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.seg_final_upsample not in ("bilinear", "nearest"):
+            raise ConfigError(f"model.seg_final_upsample must be 'bilinear' or 'nearest', "
+                              f"got {self.seg_final_upsample!r}")
+        if not 0 <= self.ignore_label <= 255 or (self.num_classes and self.ignore_label <= self.num_classes):
+            raise ConfigError(f"model.ignore_label must be in ({self.num_classes}, 255] (class maps are "
+                              f"uint8, 0 = background, 1..num_classes = classes), got {self.ignore_label}")
         h, w = self.image_size
         if h % 32 or w % 32:
             raise ConfigError(f"model.image_size {h}x{w} must be divisible by 32 (the backbone's C5 stride)")
@@ -76,6 +96,11 @@ class DataConfig:
     cache: bool = True                 # keep decoded images in memory (small datasets)
 
 
+CHECKPOINT_METRICS = ("val_AP", "val_loss", "val_mIoU")
+#: checkpoint metrics that make sense for each task
+TASK_METRICS = {"detection": ("val_AP", "val_loss"), "segmentation": ("val_mIoU", "val_loss")}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, target assignment and losses."""
@@ -90,7 +115,7 @@ class TrainConfig:
     clipnorm: float | None = 10.0
     freeze_backbone_epochs: int = 0
     eval_every: int = 5                  # COCO evaluation on the val split every N epochs (0: never)
-    checkpoint_metric: str = "val_AP"    # "val_AP" | "val_loss"
+    checkpoint_metric: str = "val_AP"    # "val_AP" | "val_loss" | "val_mIoU" (segmentation)
     seed: int = 0
     positive_iou: float = 0.5
     negative_iou: float = 0.4
@@ -98,12 +123,14 @@ class TrainConfig:
     focal_gamma: float = 2.0
     box_loss_delta: float = 0.1
     box_loss_weight: float = 50.0
+    dice_weight: float = 0.0             # segmentation: loss = CE + dice_weight * soft Dice
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"train.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.checkpoint_metric not in ("val_AP", "val_loss"):
-            raise ConfigError(f"train.checkpoint_metric must be 'val_AP' or 'val_loss', got {self.checkpoint_metric!r}")
+        if self.checkpoint_metric not in CHECKPOINT_METRICS:
+            raise ConfigError(f"train.checkpoint_metric must be 'val_AP' or 'val_loss' (or 'val_mIoU' for "
+                              f"segmentation), got {self.checkpoint_metric!r}")
 
 
 @dataclass(frozen=True)
@@ -214,6 +241,10 @@ def config_from_dict(raw: dict | None, overrides: typing.Sequence[str] = (), bas
         merged[section][key] = value
     built = {name: _build_section(name, _resolve_hints(Config)[name], merged[name]) for name in SECTIONS}
     cfg = Config(**built)
+    allowed = TASK_METRICS[cfg.model.task]
+    if cfg.train.checkpoint_metric not in allowed:
+        raise ConfigError(f"train.checkpoint_metric {cfg.train.checkpoint_metric!r} does not apply to "
+                          f"model.task {cfg.model.task!r}; use one of {', '.join(allowed)}")
     if base_dir is not None:
         cfg = _resolve_paths(cfg, Path(base_dir))
     return cfg

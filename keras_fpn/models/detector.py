@@ -74,4 +74,11 @@ def build_detector(cfg, *, ns: ModuleType = keras, batch_size: int | None = None
             outputs[name] = L.Activation("linear", dtype="float32", name=name)(parts[0])
         else:
             outputs[name] = L.Concatenate(axis=1, dtype="float32", name=name)(parts)
-    return ns.Model(inputs, outputs, name="fpn_detector")
+    model = ns.Model(inputs, outputs, name="fpn_detector")
+    # keras.applications' BN momentum is 0.999: moving statistics then lag far behind
+    # the weights for the first thousands of steps and eval-mode AP collapses (measured:
+    # AP50 0.006 eval-mode vs 0.34 train-mode after 480 steps from scratch).
+    for layer in model.layers:
+        if isinstance(layer, ns.layers.BatchNormalization):
+            layer.momentum = cfg.bn_momentum
+    return model

@@ -29,6 +29,16 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return {"base_lr": self.base_lr, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
 
 
+class BackupEveryStepsAndEpoch(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` that saves every ``save_freq`` steps *and* at each epoch end
+    (Keras saves at epoch ends only when ``save_freq="epoch"``)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.save_freq != "epoch":
+            self._save_model()
+
+
 def _save_atomic(model, path: Path) -> None:
     """Save ``model`` (``.keras`` or ``.weights.h5``) through a temp file + rename."""
     suffix = ".weights.h5" if path.name.endswith(".weights.h5") else ".keras"
@@ -46,6 +56,7 @@ class CocoEvalCheckpoint(keras.callbacks.Callback):
     monitored metric improved, ``best.*`` and ``eval.json``.
 
     Monitors ``val_AP`` (higher is better, only on eval epochs) or ``val_loss``.
+    Subclasses change what is evaluated by overriding ``evaluate`` and ``log_keys``.
     The best value survives restarts through ``RUN/best.json``.
     """
 
@@ -63,25 +74,39 @@ class CocoEvalCheckpoint(keras.callbacks.Callback):
         self.best = json.loads(state.read_text())["value"] if state.is_file() else None
 
     def _improved(self, value) -> bool:
-        if value is None:
+        if value is None or math.isnan(value):
             return False
         if self.best is None:
             return True
-        return value > self.best if self.monitor == "val_AP" else value < self.best
+        return value < self.best if self.monitor == "val_loss" else value > self.best
 
-    def on_epoch_end(self, epoch, logs=None):
+    #: the epoch-log columns ``evaluate`` fills (NaN on epochs without an evaluation)
+    log_keys = ("val_AP", "val_AP50")
+
+    def evaluate(self, epoch: int) -> tuple:
+        """Evaluate the model on the val split: ``(metrics for eval.json, {log key: value})``."""
         from keras_fpn.evaluation import coco_evaluate, predict_dataset
 
+        results = predict_dataset(self.model, self.val_dataset, self.model_cfg, batch_size=self.batch_size)
+        metrics = coco_evaluate(self.val_dataset, results)
+        print(f"\nepoch {epoch + 1}: val AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
+              f"AP_small {metrics['AP_small']:.4f}")
+        return metrics, {"val_AP": metrics["AP"], "val_AP50": metrics["AP50"]}
+
+    def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         metrics = None
+        step = int(self.model.optimizer.iterations.numpy())
+        lr = self.model.optimizer.learning_rate
+        logs["step"] = step
+        logs["learning_rate"] = float(lr(step) if callable(lr) else lr)
+        # Fixed CSV columns: NaN on epochs without an evaluation.
+        logs.update({key: float("nan") for key in self.log_keys})
         is_eval = self.val_dataset is not None and (
             (self.every and (epoch + 1) % self.every == 0) or epoch + 1 == self.last_epoch)
         if is_eval:
-            results = predict_dataset(self.model, self.val_dataset, self.model_cfg, batch_size=self.batch_size)
-            metrics = coco_evaluate(self.val_dataset, results)
-            logs["val_AP"], logs["val_AP50"] = metrics["AP"], metrics["AP50"]
-            print(f"\nepoch {epoch + 1}: val AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
-                  f"AP_small {metrics['AP_small']:.4f}")
+            metrics, values = self.evaluate(epoch)
+            logs.update(values)
         _save_atomic(self.model, self.run_dir / "last.weights.h5")
         _save_atomic(self.model, self.run_dir / "last.keras")
         value = logs.get(self.monitor)
@@ -92,6 +117,21 @@ class CocoEvalCheckpoint(keras.callbacks.Callback):
             _write_json(self.run_dir / "best.json", {"epoch": epoch + 1, "metric": self.monitor, "value": self.best})
             if metrics is not None:
                 _write_json(self.run_dir / "eval.json", {"epoch": epoch + 1, "split": "val", **metrics})
+
+
+class SegEvalCheckpoint(CocoEvalCheckpoint):
+    """``CocoEvalCheckpoint`` for segmenters: logs ``val_mIoU`` and ``val_boundary_F``
+    (``keras_fpn.seg_evaluation``) and monitors ``val_mIoU`` (higher is better) or ``val_loss``."""
+
+    log_keys = ("val_mIoU", "val_boundary_F")
+
+    def evaluate(self, epoch: int) -> tuple:
+        from keras_fpn.seg_evaluation import evaluate_segmentation
+
+        metrics = evaluate_segmentation(self.model, self.val_dataset, self.model_cfg, batch_size=self.batch_size)
+        print(f"\nepoch {epoch + 1}: val mIoU {metrics['mIoU']:.4f}  boundary F@{metrics['boundary_tolerance_px']}px "
+              f"{metrics['boundary_F']:.4f}")
+        return metrics, {"val_mIoU": metrics["mIoU"], "val_boundary_F": metrics["boundary_F"]}
 
 
 def _write_json(path: Path, data) -> None:

@@ -21,9 +21,10 @@ import keras
 
 from keras_fpn.config import Config, save_config
 from keras_fpn.rundir import save_labels, with_num_classes
-from keras_fpn.training.callbacks import CocoEvalCheckpoint, WarmupCosine
+from keras_fpn.training.callbacks import (BackupEveryStepsAndEpoch, CocoEvalCheckpoint, SegEvalCheckpoint,
+                                          WarmupCosine)
 
-BACKBONE_PREFIXES = ("fpn_", "head_", "box_deltas", "class_logits", "image")
+BACKBONE_PREFIXES = ("fpn_", "head_", "box_deltas", "class_logits", "seg_", "image")
 
 
 def _include_names(path: str | None):
@@ -72,12 +73,18 @@ def model_anchors(model_cfg):
 
 
 def training_pipeline(cfg: Config, dataset, *, training: bool, batch_size: int | None = None, seed=None):
-    """The tf.data pipeline of a config (shared by train and QAT fine-tuning)."""
-    from keras_fpn.data.pipeline import AugmentConfig, build_detection_dataset
+    """The tf.data pipeline of a config (shared by train and QAT fine-tuning); by ``model.task``."""
+    from keras_fpn.data.pipeline import AugmentConfig, build_detection_dataset, build_segmentation_dataset
     from keras_fpn.models.backbones import NORMALIZATION
 
     augment = AugmentConfig(hflip=cfg.data.hflip, scale_jitter=cfg.data.scale_jitter,
                             photometric=cfg.data.photometric)
+    if cfg.model.task == "segmentation":
+        return build_segmentation_dataset(
+            dataset, image_size=cfg.model.image_size, normalization=NORMALIZATION[cfg.model.backbone],
+            batch_size=batch_size or cfg.train.batch_size, training=training,
+            augment=augment if training else None, ignore_label=cfg.model.ignore_label,
+            seed=cfg.train.seed if seed is None else seed, cache=cfg.data.cache, strict=cfg.data.strict)
     return build_detection_dataset(
         dataset, image_size=cfg.model.image_size, anchors=model_anchors(cfg.model),
         normalization=NORMALIZATION[cfg.model.backbone], batch_size=batch_size or cfg.train.batch_size,
@@ -87,9 +94,15 @@ def training_pipeline(cfg: Config, dataset, *, training: bool, batch_size: int |
 
 
 def losses(cfg: Config) -> tuple[dict, dict]:
+    """``(losses, loss_weights)`` keyed by output name, for ``model.task``."""
     from keras_fpn.ops.losses import BoxLoss, FocalLoss
 
     t = cfg.train
+    if cfg.model.task == "segmentation":
+        from keras_fpn.ops.seg_losses import SegmentationLoss
+
+        return ({"seg_logits": SegmentationLoss(ignore_label=cfg.model.ignore_label, dice_weight=t.dice_weight)},
+                {"seg_logits": 1.0})
     return ({"box_deltas": BoxLoss(delta=t.box_loss_delta),
              "class_logits": FocalLoss(alpha=t.focal_alpha, gamma=t.focal_gamma)},
             {"box_deltas": t.box_loss_weight, "class_logits": 1.0})
@@ -110,12 +123,12 @@ def _set_backbone_trainable(model, trainable: bool) -> None:
 
 
 def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 50, verbose: int | str = "auto") -> dict:
-    """Train the detector of ``cfg`` into ``run_dir`` (resuming if a backup exists).
+    """Train the detector or segmenter of ``cfg`` into ``run_dir`` (resuming if a backup exists).
 
     Returns:
       ``{"run_dir", "epochs", "seconds", "best": {...}, "eval": {...}}``.
     """
-    from keras_fpn.models.detector import build_detector
+    from keras_fpn.models.factory import build_model
 
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -131,13 +144,14 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 
     total = steps * cfg.train.epochs
     schedule = WarmupCosine(cfg.train.learning_rate, int(cfg.train.warmup_epochs * steps), total)
     train_ds = training_pipeline(cfg, train_set, training=True).repeat()
-    model = build_detector(cfg.model)
+    model = build_model(cfg.model)
     loss, weights = losses(cfg)
 
     state_path = run / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     freeze = min(cfg.train.freeze_backbone_epochs, cfg.train.epochs)
     phases = ([("frozen", 0, freeze)] if freeze else []) + [("full", freeze, cfg.train.epochs)]
+    evaluator = SegEvalCheckpoint if cfg.model.task == "segmentation" else CocoEvalCheckpoint
     started = time.time()
     for phase, first, last in phases:
         if state.get("phase_done") == phase or (phase == "frozen" and state.get("phase_done") == "full"):
@@ -149,16 +163,16 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 
         model.optimizer.build(model.trainable_variables)
         model.optimizer.iterations.assign(first * steps)  # the schedule continues across phases
         callbacks = [
-            keras.callbacks.BackupAndRestore(str(run / "backup"), save_freq=backup_every_steps),
-            CocoEvalCheckpoint(run, val_set, cfg.model, every=cfg.train.eval_every,
-                               last_epoch=cfg.train.epochs, monitor=cfg.train.checkpoint_metric),
+            BackupEveryStepsAndEpoch(str(run / "backup"), save_freq=backup_every_steps),
+            evaluator(run, val_set, cfg.model, every=cfg.train.eval_every,
+                      last_epoch=cfg.train.epochs, monitor=cfg.train.checkpoint_metric),
             keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.TensorBoard(str(run / "logs"), write_graph=False, profile_batch=0),
         ]
         val_ds = training_pipeline(cfg, val_set, training=False) if cfg.train.checkpoint_metric == "val_loss" else None
         model.fit(train_ds, epochs=last, initial_epoch=first, steps_per_epoch=steps,
-                  validation_data=val_ds, callbacks=callbacks, verbose=verbose)
+                  validation_data=val_ds, callbacks=callbacks, verbose=verbose, shuffle=False)
         if model.stop_training and not (run / "last.weights.h5").is_file():
             raise RuntimeError("training stopped (NaN loss) before the first epoch ended")
         state = {"phase_done": phase}
