@@ -1,0 +1,41 @@
+"""``keras-fpn compare`` and ``keras-fpn demo``."""
+from __future__ import annotations
+
+
+def _cmd_compare(args) -> int:
+    from keras_fpn.compare.report import compare_run, headline_table
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    report = compare_run(args.run, modes=modes, data=args.data, include=args.include, threads=args.threads,
+                         out=args.out, bench_runs=args.runs, reuse=not args.no_reuse)
+    print(headline_table(report))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from keras_fpn.compare.demo import run_demo
+
+    run_demo(args.out, fast=args.fast, threads=args.threads)
+    return 0
+
+
+def add_compare_commands(sub) -> None:
+    p = sub.add_parser("compare", help="accuracy, latency and size of the float model vs its quantized exports",
+                       description="Export (or reuse) each variant, run it through fpn_edge on the val set, and "
+                                   "write report.md / report.json / plots.")
+    p.add_argument("run", help="run directory of `keras-fpn train`")
+    p.add_argument("--modes", default="fp32,int8,qat-int8",
+                   help="comma-separated export modes (fp32, fp16, dynamic, int8, int16x8, qat-int8, edgetpu)")
+    p.add_argument("--data", help="evaluation dataset (default: the run's data.val)")
+    p.add_argument("--include", help="only these images (txt list or csv with a filename column)")
+    p.add_argument("--threads", type=int, default=2, help="XNNPACK threads (default 2)")
+    p.add_argument("--runs", type=int, default=100, help="timed runs per variant (default 100)")
+    p.add_argument("--out", help="output folder (default RUN/compare)")
+    p.add_argument("--no-reuse", action="store_true", help="re-export even if the .tflite is up to date")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("demo", help="end to end offline: synthetic data, train, export, edge runtime, report")
+    p.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")
+    p.add_argument("--fast", action="store_true", help="a ~2 minute version (sanity level accuracy)")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_cmd_demo)
