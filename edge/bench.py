@@ -59,8 +59,9 @@ def benchmark(model_path, *, threads: int | None = None, delegate: str | None = 
               progress=None) -> dict:
     """Time ``runs`` inferences after ``warmup`` untimed ones.
 
-    With keras-fpn metadata the whole detection path is timed per run
-    (letterbox + normalize + quantize, ``invoke``, outputs -> detections) and
+    With keras-fpn metadata the whole path is timed per run (letterbox +
+    normalize + quantize, ``invoke``, outputs -> detections or, for a
+    segmenter, -> the class map of the original image) and
     ``invoke`` alone; without metadata only ``invoke`` on a random input tensor.
 
     Args:
@@ -80,9 +81,9 @@ def benchmark(model_path, *, threads: int | None = None, delegate: str | None = 
     """
     if runs < 1 or warmup < 0:
         raise EdgeError(f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})")
-    from fpn_edge.detector import Detector
     from fpn_edge.interpreter import load_interpreter
     from fpn_edge.metadata import read_metadata
+    from fpn_edge.runner import open_runner
 
     path = Path(model_path)
     loaded = load_interpreter(path, threads=threads, delegate=delegate)
@@ -93,7 +94,7 @@ def benchmark(model_path, *, threads: int | None = None, delegate: str | None = 
     rng = np.random.default_rng(seed)
     det = None
     if meta is not None:
-        det = Detector(loaded, meta, anchors)
+        det = open_runner(loaded, meta, anchors)  # Detector or Segmenter, by meta['task']
         img = det.load(image) if image is not None else rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
     interp = loaded.interpreter
     inp = interp.get_input_details()[0]

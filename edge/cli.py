@@ -1,17 +1,24 @@
-"""``fpn-edge``: run keras-fpn TFLite detectors without TensorFlow.
+"""``fpn-edge``: run keras-fpn TFLite detectors and segmenters without TensorFlow.
 
 Commands::
 
     fpn-edge detect MODEL.tflite INPUT... --out DIR [--threshold T] [--max-detections N]
                     [--threads N] [--delegate SPEC] [--no-images] [--max-frames N] [--quiet]
+    fpn-edge segment MODEL.tflite IMAGE... --out DIR [--alpha A] [--threads N] [--delegate SPEC]
+                    [--quiet]
     fpn-edge bench  MODEL.tflite [--threads N] [--runs N] [--warmup N] [--delegate SPEC]
                     [--image PATH] [--json] [--out FILE]
     fpn-edge info   MODEL.tflite [--json]
 
 ``detect`` takes image files and directories (and, when OpenCV is installed,
 video files and camera indices such as ``0``). It writes ``DIR/detections.json``
-(atomically) and an annotated copy of each image in DIR. User errors print one
-line ``fpn-edge: error: ...`` and exit with status 2.
+(atomically) and an annotated copy of each image in DIR. ``segment`` takes image
+files and directories and writes, per image, ``<stem>_overlay.png`` (class
+colours blended over the image, with a legend), ``<stem>_mask.png`` (the class
+map: a palette PNG whose pixel values are the class ids) and
+``DIR/segmentation.json`` (labels, and per image the files and the fraction of
+pixels of each class). User errors print one line ``fpn-edge: error: ...`` and
+exit with status 2.
 """
 from __future__ import annotations
 
@@ -195,6 +202,64 @@ def cmd_detect(args) -> int:
     return 2 if errors else 0
 
 
+def _unique_stem(stem: str, used: set) -> str:
+    n, cand = 1, stem
+    while cand in used:
+        n += 1
+        cand = f"{stem}_{n}"
+    used.add(cand)
+    return cand
+
+
+def cmd_segment(args) -> int:
+    from PIL import Image
+
+    from fpn_edge.draw import draw_segmentation, segmentation_palette
+    from fpn_edge.segmenter import Segmenter, class_fractions
+
+    seg = Segmenter.from_file(args.model, threads=args.threads, delegate=args.delegate)
+    items = _expand_inputs(args.inputs)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _log(f"{args.model}: segmentation model, input {seg.input_size[0]}x{seg.input_size[1]} "
+         f"{seg.input_dtype.name}, {len(seg.labels)} labels, {seg.delegate}; {len(items)} input(s)", args.quiet)
+    palette = segmentation_palette(len(seg.labels), seg.background_id)
+    flat_palette = palette.reshape(-1).tolist() + [0] * (768 - palette.size)
+    results, errors, used = [], [], set()
+    for n, (kind, src) in enumerate(items, 1):
+        try:
+            if kind != "image":
+                raise EdgeError(f"{src}: fpn-edge segment takes image files and directories (not {kind} input)")
+            img = seg.load(src)
+            t0 = time.perf_counter()
+            class_map = seg.segment(img)
+            ms = (time.perf_counter() - t0) * 1e3
+            stem = _unique_stem(Path(src).stem, used)
+            overlay_path, mask_path = out_dir / f"{stem}_overlay.png", out_dir / f"{stem}_mask.png"
+            _atomic_save_image(overlay_path, draw_segmentation(img, class_map, seg.labels,
+                                                               background_id=seg.background_id,
+                                                               alpha=args.alpha))
+            mask = Image.fromarray(class_map, mode="P")
+            mask.putpalette(flat_palette)
+            _atomic_save_image(mask_path, mask)
+            fractions = class_fractions(class_map, seg.labels)
+            results.append({"file": str(src), "width": int(img.shape[1]), "height": int(img.shape[0]),
+                            "overlay": overlay_path.name, "mask": mask_path.name, "class_fractions": fractions})
+            top = ", ".join(f"{k} {v:.1%}" for k, v in list(fractions.items())[:4])
+            _log(f"[{n}/{len(items)}] {src}: {top} ({ms:.1f} ms)", args.quiet)
+        except EdgeError as e:
+            _error(str(e))
+            errors.append({"file": str(src), "error": str(e)})
+    report = {"model": str(args.model), "delegate": seg.delegate, "labels": seg.labels,
+              "background_id": seg.background_id,
+              "mask_format": "palette PNG, pixel value = class id (index into labels), original image size",
+              "images": results, "errors": errors}
+    out_json = out_dir / "segmentation.json"
+    _atomic_write_json(out_json, report)
+    _log(f"wrote {out_json} ({len(results)} image(s), {len(errors)} error(s))", args.quiet)
+    return 2 if errors else 0
+
+
 def _fmt_stats(s: dict) -> str:
     return (f"p50 {s['p50']:.2f}  p90 {s['p90']:.2f}  p99 {s['p99']:.2f}  mean {s['mean']:.2f}  "
             f"(min {s['min']:.2f}, max {s['max']:.2f}) ms")
@@ -273,12 +338,16 @@ def cmd_info(args) -> int:
         out.append(f"metadata: none ({info['metadata_error']})")
     else:
         norm = meta["input"]["normalization"]
-        out += [f"output   {meta['output']}",
+        out += [f"task     {meta['task']}",
+                f"output   {meta['output']}",
                 f"input    {meta['input']['height']}x{meta['input']['width']}, {norm['channel_order']}, "
                 f"mean {norm['mean']}, std {norm['std']}",
-                f"labels   ({len(meta['labels'])}) {', '.join(meta['labels'])}",
-                f"box coder scale factors {meta['box_coder']['scale_factors']}",
-                f"nms      {json.dumps(meta['nms'])}"]
+                f"labels   ({len(meta['labels'])}) {', '.join(meta['labels'])}"]
+        if meta["task"] == "segmentation":
+            out.append(f"segmentation {json.dumps(meta['segmentation'])}")
+        else:
+            out += [f"box coder scale factors {meta['box_coder']['scale_factors']}",
+                    f"nms      {json.dumps(meta['nms'])}"]
         if info["anchors"]:
             out.append(f"anchors  {info['anchors']['count']}")
         if meta.get("config"):
@@ -303,7 +372,8 @@ def _nonneg_int(s: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Run keras-fpn TFLite detectors (no TensorFlow needed).")
+    p = argparse.ArgumentParser(prog=PROG, description="Run keras-fpn TFLite detectors and segmenters "
+                                                       "(no TensorFlow needed).")
     sub = p.add_subparsers(dest="command", required=True)
 
     def runtime_args(sp):
@@ -322,6 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     runtime_args(d)
     d.set_defaults(func=cmd_detect)
+
+    g = sub.add_parser("segment", help="semantic segmentation of images: colour overlay + class-map PNGs")
+    g.add_argument("model")
+    g.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or directories")
+    g.add_argument("--out", required=True, help="output directory (overlays, masks, segmentation.json)")
+    g.add_argument("--alpha", type=float, default=0.55, help="opacity of the class colours (default 0.55)")
+    g.add_argument("--quiet", action="store_true")
+    runtime_args(g)
+    g.set_defaults(func=cmd_segment)
 
     b = sub.add_parser("bench", help="latency benchmark")
     b.add_argument("model")

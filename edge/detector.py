@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from fpn_edge.errors import EdgeError
-from fpn_edge.interpreter import LoadedInterpreter, load_interpreter
-from fpn_edge.metadata import read_metadata
-from fpn_edge.preprocess import as_rgb_uint8, letterbox, load_image, normalize, quantize
+from fpn_edge.interpreter import LoadedInterpreter
+from fpn_edge.runner import ModelRunner, dequantize
 
 __all__ = ["Detector", "Detection"]
 
@@ -141,54 +139,21 @@ def _map_raw_outputs(interp, outputs: list, meta: dict, num_classes: int, where)
                     f"found {len(outputs)}")
 
 
-def _dequantize(arr: np.ndarray, detail: dict) -> np.ndarray:
-    if np.issubdtype(arr.dtype, np.integer):
-        scale, zp = detail["quantization"]
-        if scale == 0:
-            return arr.astype(np.float32)
-        return (arr.astype(np.float32) - np.float32(zp)) * np.float32(scale)
-    return arr.astype(np.float32, copy=False)
-
-
-class Detector:
+class Detector(ModelRunner):
     """A loaded keras-fpn TFLite detector. Not thread-safe: use one per thread.
 
     Build with :meth:`from_file`. The interpreter, its tensors and the
-    preprocessing buffers are allocated once and reused for every call.
+    preprocessing buffers are allocated once and reused for every call
+    (:class:`fpn_edge.runner.ModelRunner`).
     """
 
+    task = "detection"
+
     def __init__(self, loaded: LoadedInterpreter, meta: dict, anchors: np.ndarray | None):
-        self._loaded = loaded
-        self._interp = loaded.interpreter
-        self.meta = meta
+        super().__init__(loaded, meta)
         self.anchors = anchors
-        self.path = loaded.path
-        self.labels = list(meta["labels"])
-        self.output_kind = meta["output"]
         where = str(self.path)
-
-        inputs = self._interp.get_input_details()
-        if len(inputs) != 1:
-            raise EdgeError(f"{where}: expected 1 input tensor, found {len(inputs)}")
-        self._input = inputs[0]
-        shape = [int(v) for v in self._input["shape"]]
-        h, w = int(meta["input"]["height"]), int(meta["input"]["width"])
-        if shape != [1, h, w, 3]:
-            raise EdgeError(f"{where}: input tensor shape {shape} does not match the metadata's "
-                            f"[1, {h}, {w}, 3]")
-        self.input_size = (h, w)
-        self.input_dtype = np.dtype(self._input["dtype"])
-        if self.input_dtype not in (np.float32, np.uint8, np.int8):
-            raise EdgeError(f"{where}: unsupported input dtype {self.input_dtype}")
-        self._normalization = meta["input"]["normalization"]
-        # Preallocated buffers, reused for every frame.
-        self._canvas = np.zeros((h, w, 3), np.float32)
-        self._norm = np.zeros((1, h, w, 3), np.float32)
-        self._qinput = (np.zeros((1, h, w, 3), self.input_dtype)
-                        if self.input_dtype != np.float32 else None)
-
-        outputs = self._interp.get_output_details()
-        self._out_details = {d["index"]: d for d in outputs}
+        outputs = self._outputs
         if self.output_kind == "postprocess":
             self._out_map = _map_postprocess_outputs(self._interp, outputs, where)
         else:
@@ -208,73 +173,12 @@ class Detector:
         self.nms = dict(meta["nms"])
 
     @classmethod
-    def from_file(cls, path, *, threads: int | None = None, delegate: str | None = "cpu") -> "Detector":
-        """Load a keras-fpn .tflite (with its embedded metadata).
-
-        Args:
-            path: the .tflite file.
-            threads: CPU threads (None: the interpreter's default).
-            delegate: ``cpu`` | ``edgetpu[:DEVICE]`` | ``gpu:/path/lib.so`` | a library path
-                (see :mod:`fpn_edge.interpreter`).
-
-        Raises:
-            EdgeError: a one-line message for every user error (file, metadata, delegate).
-        """
-        loaded = load_interpreter(path, threads=threads, delegate=delegate)
-        meta, anchors = read_metadata(path)
+    def _create(cls, loaded, meta, anchors):
         return cls(loaded, meta, anchors)
 
-    # -- properties ---------------------------------------------------------
-    @property
-    def delegate(self) -> str:
-        """What runs the model, e.g. ``cpu (XNNPACK, 2 threads)``."""
-        return self._loaded.delegate_description
-
-    @property
-    def backend(self) -> str:
-        return self._loaded.backend
-
-    @property
-    def interpreter(self):
-        return self._interp
-
-    # -- pipeline pieces ----------------------------------------------------
-    def set_input(self, model_input: np.ndarray) -> None:
-        """Copy a normalized float canvas ``[H, W, 3]`` or ``[1, H, W, 3]`` into the input tensor.
-
-        Quantizes with the input tensor's (scale, zero_point) for uint8/int8 models.
-        """
-        if model_input is self._norm:
-            x = self._norm
-        else:
-            x = np.asarray(model_input, dtype=np.float32).reshape(self._norm.shape)
-        if self._qinput is None:
-            if x is not self._norm:
-                np.copyto(self._norm, x)
-            self._interp.set_tensor(self._input["index"], self._norm)
-        else:
-            scale, zp = self._input["quantization"]
-            quantize(x, scale, zp, self.input_dtype, out=self._qinput)
-            self._interp.set_tensor(self._input["index"], self._qinput)
-
-    def preprocess(self, image: np.ndarray):
-        """Letterbox + normalize an ``[h, w, 3]`` uint8 RGB image into the reused buffers.
-
-        Returns:
-            ``(normalized float32 [1, H, W, 3] view of the internal buffer, LetterboxInfo)``.
-        """
-        h, w = self.input_size
-        _, info = letterbox(image, h, w, out=self._canvas)
-        normalize(self._canvas, self._normalization, out=self._norm[0])
-        return self._norm, info
-
     def _read_outputs(self) -> dict:
-        return {k: _dequantize(self._interp.get_tensor(i), self._out_details[i])
+        return {k: dequantize(self._interp.get_tensor(i), self._out_details[i])
                 for k, i in self._out_map.items()}
-
-    def invoke(self) -> None:
-        """Run the interpreter on the current input tensor."""
-        self._interp.invoke()
 
     def raw_outputs(self, model_input: np.ndarray | None = None) -> dict:
         """Run the model and return its outputs by name, dequantized to float32.
@@ -291,12 +195,6 @@ class Detector:
         self._interp.invoke()
         return self._read_outputs()
 
-    def load(self, image) -> np.ndarray:
-        """An image path, PIL image or array -> ``[h, w, 3]`` uint8 RGB."""
-        if isinstance(image, (str, Path)):
-            return load_image(image)
-        return as_rgb_uint8(image)
-
     # -- the whole thing ----------------------------------------------------
     def detect(self, image, *, score_threshold: float | None = None,
                max_detections: int | None = None) -> list[Detection]:
@@ -312,10 +210,7 @@ class Detector:
         Returns:
             Detections sorted by decreasing score, in original image coordinates.
         """
-        img = self.load(image)
-        _, info = self.preprocess(img)
-        self.set_input(self._norm)
-        self._interp.invoke()
+        info = self.run(image)
         return self.postprocess(info, score_threshold=score_threshold, max_detections=max_detections)
 
     def postprocess(self, info, *, score_threshold: float | None = None,

@@ -46,6 +46,18 @@ Optional keys:
 * ``output_tensors``: ``{"box_deltas": NAME, "class_logits": NAME}`` for raw
   models whose two outputs cannot be told apart by shape (C == 4).
 * ``num_anchors``: written automatically when anchors are given.
+
+Segmentation models (``"task": "segmentation"``) have no ``box_coder``/``nms``;
+instead::
+
+      "labels": ["background", "circle", ...],   # K entries: channel k -> labels[k]
+      "output": "logits",                    # one output seg_logits [1, H, W, K]
+                                             # (float, or int8/uint8 with scale/zero point)
+      "segmentation": {"background_id": 0,   # the channel that means "no object"
+                       "ignore_label": 255}  # class-map value of unlabelled pixels (training)
+
+The prediction is the argmax over K of the logits, cropped to the letterboxed
+content and mapped back to the original image (``fpn_edge.segmenter``).
 """
 from __future__ import annotations
 
@@ -65,6 +77,8 @@ META_NAME = "fpn_meta.json"
 ANCHORS_NAME = "anchors.npy"
 LABELS_NAME = "labels.txt"
 OUTPUT_KINDS = ("postprocess", "raw")
+#: ``task`` -> the ``output`` kinds it may have
+TASK_OUTPUTS = {"detection": OUTPUT_KINDS, "segmentation": ("logits",)}
 
 __all__ = ["write_metadata", "read_metadata", "strip_metadata", "validate_meta",
            "SCHEMA_VERSION", "META_NAME", "ANCHORS_NAME", "LABELS_NAME"]
@@ -89,13 +103,18 @@ def validate_meta(meta: dict, where: str = "metadata") -> dict:
     """
     if not isinstance(meta, dict):
         _fail(where, f"keras-fpn metadata must be a JSON object, got {type(meta).__name__}")
-    for key in ("task", "labels", "input", "output", "box_coder", "nms"):
+    for key in ("task", "labels", "input", "output"):
         if key not in meta:
             _fail(where, f"keras-fpn metadata lacks the key {key!r}")
-    if meta["task"] != "detection":
-        _fail(where, f"unsupported task {meta['task']!r} (expected 'detection')")
-    if meta["output"] not in OUTPUT_KINDS:
-        _fail(where, f"metadata 'output' must be one of {OUTPUT_KINDS}, got {meta['output']!r}")
+    task = meta["task"]
+    if task not in TASK_OUTPUTS:
+        _fail(where, f"unsupported task {task!r} (expected one of {', '.join(TASK_OUTPUTS)})")
+    task_keys = ("box_coder", "nms") if task == "detection" else ("segmentation",)
+    for key in task_keys:
+        if key not in meta:
+            _fail(where, f"keras-fpn metadata lacks the key {key!r}")
+    if meta["output"] not in TASK_OUTPUTS[task]:
+        _fail(where, f"metadata 'output' must be one of {TASK_OUTPUTS[task]}, got {meta['output']!r}")
     labels = meta["labels"]
     if not isinstance(labels, list) or not labels or not all(isinstance(s, str) for s in labels):
         _fail(where, "metadata 'labels' must be a non-empty list of strings")
@@ -115,6 +134,12 @@ def validate_meta(meta: dict, where: str = "metadata") -> dict:
         _fail(where, f"metadata input size must be positive, got {h}x{w}")
     if order not in ("RGB", "BGR") or len(mean) != 3 or len(std) != 3 or min(std) == 0:
         _fail(where, "metadata normalization must have channel_order RGB|BGR, 3 means, 3 non-zero stds")
+    if task == "segmentation":
+        seg = meta["segmentation"]
+        bg = seg.get("background_id") if isinstance(seg, dict) else None
+        if not isinstance(bg, int) or not 0 <= bg < len(labels):
+            _fail(where, f"metadata 'segmentation.background_id' must be a label index, got {bg!r}")
+        return meta
     sf = meta["box_coder"].get("scale_factors") if isinstance(meta["box_coder"], dict) else None
     if sf is None or len(sf) != 4:
         _fail(where, "metadata 'box_coder.scale_factors' must hold 4 numbers (sy, sx, sh, sw)")

@@ -114,6 +114,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     clipnorm: float | None = 10.0
     freeze_backbone_epochs: int = 0
+    precise_bn_batches: int = 20         # recompute BN statistics on N train batches each epoch (0: off)
     eval_every: int = 5                  # COCO evaluation on the val split every N epochs (0: never)
     checkpoint_metric: str = "val_AP"    # "val_AP" | "val_loss" | "val_mIoU" (segmentation)
     seed: int = 0

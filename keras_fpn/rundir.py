@@ -3,13 +3,14 @@
 Layout::
 
     RUN/config.yaml          resolved config (model.num_classes filled in)
-    RUN/labels.txt           one class name per line, contiguous id order
+    RUN/labels.txt           one class name per line, contiguous id order (no background)
     RUN/best.weights.h5      best checkpoint (by train.checkpoint_metric)
     RUN/best.keras           the same, full Keras model
     RUN/last.weights.h5      weights at the end of the last finished epoch
     RUN/last.keras
     RUN/history.csv          per-epoch losses, learning rate, val metrics
-    RUN/eval.json            COCO metrics of the best checkpoint on the val split
+    RUN/eval.json            COCO metrics (segmentation: mIoU, boundary F) of the best
+                             checkpoint on the val split
     RUN/logs/                TensorBoard
     RUN/backup/              BackupAndRestore state (deleted when training ends)
 
@@ -61,12 +62,12 @@ class Run:
         return p
 
     def build_model(self, *, which: str = "best", batch_size: int | None = None, ns=None):
-        """Rebuild the detector from the config and load the ``which`` checkpoint."""
+        """Rebuild the model (detector or segmenter) from the config and load the ``which`` checkpoint."""
         import keras
 
-        from keras_fpn.models.detector import build_detector
+        from keras_fpn.models.factory import build_model
 
-        model = build_detector(self.config.model, ns=ns or keras, batch_size=batch_size, backbone_weights=None)
+        model = build_model(self.config.model, ns=ns or keras, batch_size=batch_size, backbone_weights=None)
         model.load_weights(self.weights(which))
         return model
 

@@ -20,6 +20,9 @@ def test_detection_changes_by_hand():
     assert detection_changes(ref, var) == {"reference": 4, "lost": 1, "changed_class": 1, "moved": 1, "new": 1}
     assert detection_changes(ref, ref) == {"reference": 4, "lost": 0, "changed_class": 0, "moved": 0, "new": 0}
     assert detection_changes(ref, [])["lost"] == 4
+    # two classes on one box: the same-class detection is found even when listed second
+    ref2 = [_det(5, 0, 0, 10, 10, 1, 0.9), _det(5, 0, 0, 10, 10, 2, 0.8)]
+    assert detection_changes(ref2, list(reversed(ref2)))["changed_class"] == 0
 
 
 def test_headline_table_rows():

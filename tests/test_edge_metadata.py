@@ -94,7 +94,8 @@ def test_write_rejects_bad_input(models, tmp_path):
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda m: m.pop("labels"), "lacks the key 'labels'"),
-    (lambda m: m.update(task="segmentation"), "unsupported task"),
+    (lambda m: m.update(task="classification"), "unsupported task"),
+    (lambda m: m.update(task="segmentation"), "lacks the key 'segmentation'"),
     (lambda m: m["input"]["normalization"].update(channel_order="RGBA"), "channel_order"),
     (lambda m: m["input"]["normalization"].update(std=[1, 0, 1]), "non-zero stds"),
     (lambda m: m["box_coder"].update(scale_factors=[1, 2]), "scale_factors"),

@@ -7,10 +7,11 @@ and how many confident float detections changed.
 
 *Changed detections* (per variant, against the float Keras model): every float
 detection with score >= ``CONFIDENT`` (0.3) is paired with the variant's
-confident detection of highest IoU. It is **lost** when no such detection has
-IoU >= 0.5, **changed class** when the best one has another class, and
-**moved** when it has the same class but IoU < ``MOVED_IOU`` (0.9, i.e. the box
-moved by more than ~5 % of its size). Confident variant detections that pair
+confident detection of the same class with the highest IoU (a box often
+carries several classes, so the same class is looked for first). It is
+**moved** when that IoU is in [0.5, ``MOVED_IOU`` = 0.9) (the box moved by
+more than ~5 % of its size), **changed class** when no same-class detection
+has IoU >= 0.5 but one of another class does, and **lost** otherwise. Confident variant detections that pair
 with no float detection are **new**.
 
 Writes ``report.json`` (stable keys, see ``REPORT_KEYS``), ``report.md`` and
@@ -66,13 +67,13 @@ def detection_changes(reference: list, variant: list) -> dict:
         iou = _iou_matrix(rb, vb)
         counts["reference"] += len(rb)
         for i in range(len(rb)):
-            j = int(iou[i].argmax()) if len(vb) else -1
-            if j < 0 or iou[i, j] < MATCH_IOU:
-                counts["lost"] += 1
-            elif vc[j] != rc[i]:
+            same = np.where(vc == rc[i], iou[i], -1.0) if len(vb) else np.zeros(0)
+            if len(same) and same.max() >= MATCH_IOU:  # same class first: boxes often carry several classes
+                counts["moved"] += int(same.max() < MOVED_IOU)
+            elif len(vb) and iou[i].max() >= MATCH_IOU:
                 counts["changed_class"] += 1
-            elif iou[i, j] < MOVED_IOU:
-                counts["moved"] += 1
+            else:
+                counts["lost"] += 1
         if len(vb):
             counts["new"] += int((iou.max(axis=0, initial=0.0) < MATCH_IOU).sum() if len(rb) else len(vb))
     return counts

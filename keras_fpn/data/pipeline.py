@@ -26,6 +26,10 @@ Conventions:
   Crowd boxes are no positives: anchors that are background and lie more
   than ``crowd_ioa`` inside a crowd box (intersection over anchor area)
   become ignored (-2).
+- Segmentation (``build_segmentation_dataset``): the class map of
+  ``keras_fpn.data.masks`` goes through the same flip / resize / crop /
+  padding as the image (``augment_with_mask``; nearest resize, padding =
+  ignore label); no photometric change touches it.
 - Randomness is stateless: each element gets a seed pair from
   ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`` (new
   values each epoch), so a fixed ``seed`` gives the same batches whatever
@@ -43,6 +47,7 @@ import tensorflow as tf
 
 from keras_fpn.data.dataset import DetectionDataset
 from keras_fpn.data.images import DataError, load_image
+from keras_fpn.data.masks import IGNORE_LABEL, has_masks, rasterize_class_map
 
 logger = logging.getLogger("keras_fpn.data")
 
@@ -279,6 +284,64 @@ def _photometric(x, seeds, cfg: AugmentConfig):
     return tf.reshape(tf.clip_by_value(out, 0.0, 255.0), tf.shape(x))
 
 
+def _augment(image, boxes, mask, seed, image_size, cfg: Optional[AugmentConfig], mask_fill: int) -> tuple:
+    """The one geometric + photometric augmentation (see ``augment_example``).
+
+    ``mask`` (uint8 [h, w] class map or None) gets exactly the image's flip,
+    resize (nearest instead of bilinear, same half-pixel geometry), crop and
+    padding (with ``mask_fill``); the photometric changes touch the image only.
+
+    Returns:
+        (canvas, canvas_boxes, visible, mask_canvas or None).
+    """
+    H, W = _hw(image_size)
+    image = tf.convert_to_tensor(image)
+    boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
+    shape = tf.shape(image)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=8)
+    if mask is not None:
+        mask = tf.convert_to_tensor(mask)[:, :, None]
+    if cfg is not None and cfg.hflip:
+        flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
+        image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+        if mask is not None:
+            mask = tf.cond(flip, lambda: tf.reverse(mask, axis=[1]), lambda: mask)
+        flipped = tf.stack([boxes[:, 0], 1.0 - boxes[:, 3], boxes[:, 2], 1.0 - boxes[:, 1]], axis=1)
+        boxes = tf.where(flip, flipped, boxes)
+    if cfg is not None and cfg.scale_jitter != (1.0, 1.0):
+        lo, hi = math.log(cfg.scale_jitter[0]), math.log(cfg.scale_jitter[1])
+        jitter = tf.exp(tf.random.stateless_uniform([], seeds[1], lo, hi, dtype=tf.float64))
+        nh, nw = resized_size(shape[0], shape[1], (H, W), jitter)
+    else:
+        nh, nw = resized_size(shape[0], shape[1], (H, W))
+    resized = tf.image.resize(image, tf.stack([nh, nw]), method="bilinear", antialias=False)
+    oy = tf.random.stateless_uniform([], seeds[2], 0, tf.maximum(nh - H, 0) + 1, dtype=tf.int32)
+    ox = tf.random.stateless_uniform([], seeds[3], 0, tf.maximum(nw - W, 0) + 1, dtype=tf.int32)
+    ch, cw = tf.minimum(nh - oy, H), tf.minimum(nw - ox, W)
+    crop = resized[oy:oy + ch, ox:ox + cw]
+    if cfg is not None and cfg.photometric:
+        crop = _photometric(crop, seeds[4:8], cfg)
+    canvas = tf.ensure_shape(tf.image.pad_to_bounding_box(crop, 0, 0, H, W), [H, W, 3])
+    mask_canvas = None
+    if mask is not None:
+        # TF's nearest resize samples source pixel floor((i + 0.5) * in / out): the
+        # pixel whose area holds the output pixel's centre, as the bilinear grid.
+        m = tf.image.resize(mask, tf.stack([nh, nw]), method="nearest")[oy:oy + ch, ox:ox + cw, 0]
+        m = tf.pad(m, [[0, H - ch], [0, W - cw]], constant_values=tf.cast(mask_fill, m.dtype))
+        mask_canvas = tf.ensure_shape(m, [H, W])
+
+    size = tf.cast(tf.stack([nh, nw, nh, nw]), tf.float32)
+    offset = tf.cast(tf.stack([oy, ox, oy, ox]), tf.float32)
+    px = boxes * size - offset  # (N, 4) px in the canvas, before clipping
+    limit = tf.cast(tf.stack([ch, cw, ch, cw]), tf.float32)
+    clipped = tf.clip_by_value(px, 0.0, limit)
+    area = (px[:, 2] - px[:, 0]) * (px[:, 3] - px[:, 1])
+    vis = tf.maximum(clipped[:, 2] - clipped[:, 0], 0.0) * tf.maximum(clipped[:, 3] - clipped[:, 1], 0.0)
+    visible = tf.math.divide_no_nan(vis, area)
+    canvas_boxes = clipped / tf.constant([H, W, H, W], tf.float32)
+    return canvas, canvas_boxes, visible, mask_canvas
+
+
 def augment_example(image, boxes, seed, image_size, cfg: Optional[AugmentConfig]) -> tuple:
     """Flip, scale-jitter + crop, letterbox and colour-jitter one example.
 
@@ -296,41 +359,28 @@ def augment_example(image, boxes, seed, image_size, cfg: Optional[AugmentConfig]
         the canvas and clipped to the visible part, visible float32 [N]
         = visible area / area before clipping (0 for boxes outside)).
     """
-    H, W = _hw(image_size)
-    image = tf.convert_to_tensor(image)
-    boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
-    shape = tf.shape(image)
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=8)
-    if cfg is not None and cfg.hflip:
-        flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
-        image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-        flipped = tf.stack([boxes[:, 0], 1.0 - boxes[:, 3], boxes[:, 2], 1.0 - boxes[:, 1]], axis=1)
-        boxes = tf.where(flip, flipped, boxes)
-    if cfg is not None and cfg.scale_jitter != (1.0, 1.0):
-        lo, hi = math.log(cfg.scale_jitter[0]), math.log(cfg.scale_jitter[1])
-        jitter = tf.exp(tf.random.stateless_uniform([], seeds[1], lo, hi, dtype=tf.float64))
-        nh, nw = resized_size(shape[0], shape[1], (H, W), jitter)
-    else:
-        nh, nw = resized_size(shape[0], shape[1], (H, W))
-    resized = tf.image.resize(image, tf.stack([nh, nw]), method="bilinear", antialias=False)
-    oy = tf.random.stateless_uniform([], seeds[2], 0, tf.maximum(nh - H, 0) + 1, dtype=tf.int32)
-    ox = tf.random.stateless_uniform([], seeds[3], 0, tf.maximum(nw - W, 0) + 1, dtype=tf.int32)
-    ch, cw = tf.minimum(nh - oy, H), tf.minimum(nw - ox, W)
-    crop = resized[oy:oy + ch, ox:ox + cw]
-    if cfg is not None and cfg.photometric:
-        crop = _photometric(crop, seeds[4:8], cfg)
-    canvas = tf.ensure_shape(tf.image.pad_to_bounding_box(crop, 0, 0, H, W), [H, W, 3])
+    canvas, boxes, visible, _ = _augment(image, boxes, None, seed, image_size, cfg, 0)
+    return canvas, boxes, visible
 
-    size = tf.cast(tf.stack([nh, nw, nh, nw]), tf.float32)
-    offset = tf.cast(tf.stack([oy, ox, oy, ox]), tf.float32)
-    px = boxes * size - offset  # (N, 4) px in the canvas, before clipping
-    limit = tf.cast(tf.stack([ch, cw, ch, cw]), tf.float32)
-    clipped = tf.clip_by_value(px, 0.0, limit)
-    area = (px[:, 2] - px[:, 0]) * (px[:, 3] - px[:, 1])
-    vis = tf.maximum(clipped[:, 2] - clipped[:, 0], 0.0) * tf.maximum(clipped[:, 3] - clipped[:, 1], 0.0)
-    visible = tf.math.divide_no_nan(vis, area)
-    canvas_boxes = clipped / tf.constant([H, W, H, W], tf.float32)
-    return canvas, canvas_boxes, visible
+
+def augment_with_mask(image, mask, seed, image_size, cfg: Optional[AugmentConfig],
+                      fill: int = IGNORE_LABEL) -> tuple:
+    """``augment_example`` for an image and its class map (segmentation).
+
+    Args:
+        image: uint8 [h, w, 3] original image.
+        mask: uint8 [h, w] class map (``keras_fpn.data.masks``).
+        seed: int [2] stateless seed (the same seed gives the same geometry
+            as ``augment_example``).
+        image_size: Canvas (H, W) or an int.
+        cfg: AugmentConfig or None (None: plain letterbox).
+        fill: class-map value of the canvas padding (default: ignore).
+
+    Returns:
+        (canvas float32 [H, W, 3] 0..255, mask uint8 [H, W]).
+    """
+    canvas, _, _, mask_canvas = _augment(image, tf.zeros([0, 4]), mask, seed, image_size, cfg, fill)
+    return canvas, mask_canvas
 
 
 def crowd_ignore(class_targets, anchors, crowd_boxes, crowd_ioa: float):
@@ -380,21 +430,41 @@ class _Loader:
                 np.array([r.height, r.width], np.int32), np.bool_(ok))
 
 
+class _MaskLoader(_Loader):
+    """``_Loader`` plus the record's class map (``keras_fpn.data.masks``) as a last output."""
+
+    def __init__(self, dataset: DetectionDataset, strict: bool, ignore_label: int):
+        super().__init__(dataset, strict)
+        self.ignore_label = ignore_label
+
+    def __call__(self, index):
+        out = super().__call__(index)
+        r = self.records[int(index)]
+        mask = (rasterize_class_map(r, ignore_label=self.ignore_label) if out[-1]
+                else np.zeros((1, 1), np.uint8))
+        return (*out, mask)
+
+
 def _decode_dataset(dataset: DetectionDataset, indices: tf.data.Dataset, strict: bool,
-                    deterministic: bool) -> tf.data.Dataset:
-    loader = _Loader(dataset, strict)
+                    deterministic: bool, ignore_label: Optional[int] = None) -> tf.data.Dataset:
+    """Decoded examples; with ``ignore_label`` also ``"mask"``, the uint8 class map."""
+    masks = ignore_label is not None
+    loader = _MaskLoader(dataset, strict, ignore_label) if masks else _Loader(dataset, strict)
+    dtypes = [tf.uint8, tf.float32, tf.int32, tf.bool, tf.int64, tf.int32, tf.bool] + ([tf.uint8] if masks else [])
 
     def load(i):
-        out = tf.numpy_function(loader, [i], [tf.uint8, tf.float32, tf.int32, tf.bool, tf.int64,
-                                              tf.int32, tf.bool], stateful=False)
-        image, boxes, classes, crowd, image_id, hw, ok = out
-        return {"image": tf.ensure_shape(image, [None, None, 3]),
-                "boxes": tf.ensure_shape(boxes, [None, 4]),
-                "classes": tf.ensure_shape(classes, [None]),
-                "iscrowd": tf.ensure_shape(crowd, [None]),
-                "image_id": tf.ensure_shape(image_id, []),
-                "original_hw": tf.ensure_shape(hw, [2]),
-                "ok": tf.ensure_shape(ok, [])}
+        out = tf.numpy_function(loader, [i], dtypes, stateful=False)
+        image, boxes, classes, crowd, image_id, hw, ok = out[:7]
+        ex = {"image": tf.ensure_shape(image, [None, None, 3]),
+              "boxes": tf.ensure_shape(boxes, [None, 4]),
+              "classes": tf.ensure_shape(classes, [None]),
+              "iscrowd": tf.ensure_shape(crowd, [None]),
+              "image_id": tf.ensure_shape(image_id, []),
+              "original_hw": tf.ensure_shape(hw, [2]),
+              "ok": tf.ensure_shape(ok, [])}
+        if masks:
+            ex["mask"] = tf.ensure_shape(out[7], [None, None])
+        return ex
 
     ds = indices.map(load, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     return ds.filter(lambda ex: ex["ok"])
@@ -404,6 +474,40 @@ def _options(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
     opts = tf.data.Options()
     opts.deterministic = deterministic
     return ds.with_options(opts)
+
+
+def _training_augment(augment: Any, training: bool) -> Optional[AugmentConfig]:
+    """The AugmentConfig of a pipeline: None unless training; "default" = AugmentConfig()."""
+    if not training:
+        return None
+    return AugmentConfig.from_any(AugmentConfig() if augment == "default" else augment)
+
+
+def _seeded_examples(dataset: DetectionDataset, *, shuffle: bool, seed: Optional[int], cache: bool,
+                     strict: bool, deterministic: bool, ignore_label: Optional[int] = None) -> tf.data.Dataset:
+    """Decoded (optionally cached, shuffled) examples zipped with per-element stateless seed pairs.
+
+    Shared by the detection and segmentation pipelines (see their Args).
+
+    Returns:
+        tf.data.Dataset of (example dict, int64 [2] seed).
+    """
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF)
+    n = len(dataset)
+    if n == 0:
+        raise DataError(f"{dataset.source}: the dataset has no images")
+    indices = tf.data.Dataset.range(n)
+    if cache:
+        ds = _decode_dataset(dataset, indices, strict, True, ignore_label).cache()
+        if shuffle:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    else:
+        if shuffle:
+            indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        ds = _decode_dataset(dataset, indices, strict, deterministic, ignore_label)
+    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
+    return tf.data.Dataset.zip((ds, seeds))
 
 
 def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, normalization,
@@ -444,30 +548,14 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
         {"box_deltas": float32 [B, A, 5], "class_logits": float32 [B, A]}).
     """
     H, W = _hw(image_size)
-    cfg = AugmentConfig.from_any(AugmentConfig() if augment == "default" else augment) if training else None
+    cfg = _training_augment(augment, training)
     anchors = tf.constant(np.asarray(anchors, np.float32).reshape(-1, 4))
     num_anchors = int(anchors.shape[0])
-    if seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF)
     if drop_remainder is None:
         drop_remainder = training
-    n = len(dataset)
-    if n == 0:
-        raise DataError(f"{dataset.source}: the dataset has no images")
     _norm_params(normalization)  # validate early
-
-    indices = tf.data.Dataset.range(n)
-    do_shuffle = training and shuffle
-    if cache:
-        ds = _decode_dataset(dataset, indices, strict, True).cache()
-        if do_shuffle:
-            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    else:
-        if do_shuffle:
-            indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        ds = _decode_dataset(dataset, indices, strict, deterministic)
-    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds))
+    ds = _seeded_examples(dataset, shuffle=training and shuffle, seed=seed, cache=cache,
+                          strict=strict, deterministic=deterministic)
     matcher_kw = dict(positive_iou=positive_iou, negative_iou=negative_iou,
                       force_match=force_match, scale_factors=tuple(scale_factors))
     min_visible = cfg.min_visible if cfg is not None else 0.0
@@ -487,6 +575,52 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
         image = normalize(canvas, normalization)
         return image, {"box_deltas": tf.ensure_shape(targets["box_deltas"], [num_anchors, 5]),
                        "class_logits": tf.ensure_shape(cls, [num_anchors])}
+
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+    return _options(ds, deterministic)
+
+
+def build_segmentation_dataset(dataset: DetectionDataset, *, image_size, normalization,
+                               batch_size: int, training: bool, augment: Any = "default",
+                               ignore_label: int = IGNORE_LABEL, shuffle: bool = True,
+                               seed: Optional[int] = None, deterministic: bool = False,
+                               cache: bool = False, drop_remainder: Optional[bool] = None,
+                               strict: bool = False) -> tf.data.Dataset:
+    """The segmentation training / validation-loss pipeline.
+
+    Images and class maps (``keras_fpn.data.masks.rasterize_class_map``) go
+    through ``augment_with_mask``: the same flip, scale jitter, crop and
+    letterbox as detection, the class map resized with nearest. The canvas
+    padding is ``ignore_label`` in the class map: it is not part of the image
+    (at inference it is cropped off before mapping back), so the loss skips it
+    instead of learning "zeros are background".
+
+    Args:
+        dataset: The DetectionDataset; its records need ``segmentations``.
+        image_size, normalization, batch_size, training, augment, shuffle,
+            seed, deterministic, cache, drop_remainder, strict: as
+            ``build_detection_dataset``.
+        ignore_label: Class-map value of ignored pixels (crowd, overlaps, padding).
+
+    Returns:
+        tf.data.Dataset of (images float32 [B, H, W, 3] normalized,
+        {"seg_logits": uint8 [B, H, W] class maps}).
+    """
+    if not has_masks(dataset):
+        raise DataError(f"{dataset.source}: no segmentation masks in the dataset (segmentation needs "
+                        "COCO polygons or RLE; the synthetic generator writes them with masks=True)")
+    H, W = _hw(image_size)
+    cfg = _training_augment(augment, training)
+    if drop_remainder is None:
+        drop_remainder = training
+    _norm_params(normalization)
+    ds = _seeded_examples(dataset, shuffle=training and shuffle, seed=seed, cache=cache, strict=strict,
+                          deterministic=deterministic, ignore_label=ignore_label)
+
+    def prepare(ex, pair):
+        canvas, mask = augment_with_mask(ex["image"], ex["mask"], pair, (H, W), cfg, ignore_label)
+        return normalize(canvas, normalization), {"seg_logits": mask}
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)

@@ -37,16 +37,16 @@ def build_retinanet_head(ns: ModuleType, pyramid: dict, *, num_classes: int, num
       ``{"P{l}": (box_map, cls_map)}``.
     """
     L = ns.layers
-    init = ns.initializers.RandomNormal(stddev=0.01, seed=0)
+    init = lambda: ns.initializers.RandomNormal(stddev=0.01)  # noqa: E731  (one per layer: towers differ)
     max_value = 6.0 if activation == "relu6" else None
     towers = {}
     for kind in ("cls", "box"):
-        towers[kind] = [(L.Conv2D(width, 3, padding="same", kernel_initializer=init,
+        towers[kind] = [(L.Conv2D(width, 3, padding="same", kernel_initializer=init(),
                                   name=f"head_{kind}_tower_{i}"),
                          L.ReLU(max_value, name=f"head_{kind}_tower_{i}_relu")) for i in range(depth)]
-    cls_out = L.Conv2D(num_anchors * num_classes, 3, padding="same", kernel_initializer=init,
+    cls_out = L.Conv2D(num_anchors * num_classes, 3, padding="same", kernel_initializer=init(),
                        bias_initializer=_prior_bias(ns, prior_probability), name="head_cls_logits")
-    box_out = L.Conv2D(num_anchors * 4, 3, padding="same", kernel_initializer=init,
+    box_out = L.Conv2D(num_anchors * 4, 3, padding="same", kernel_initializer=init(),
                        bias_initializer="zeros", name="head_box_deltas")
 
     outputs = {}
@@ -63,9 +63,9 @@ def build_retinanet_head(ns: ModuleType, pyramid: dict, *, num_classes: int, num
 
 def _separable(ns: ModuleType, filters: int, *, name: str, use_bias: bool, init, bias_init="zeros"):
     L = ns.layers
-    return (L.DepthwiseConv2D(3, padding="same", use_bias=False, depthwise_initializer=init,
+    return (L.DepthwiseConv2D(3, padding="same", use_bias=False, depthwise_initializer=init(),
                               name=f"{name}_depthwise"),
-            L.Conv2D(filters, 1, use_bias=use_bias, kernel_initializer=init,
+            L.Conv2D(filters, 1, use_bias=use_bias, kernel_initializer=init(),
                      bias_initializer=bias_init, name=name))
 
 
@@ -79,7 +79,7 @@ def build_ssd_fpnlite_head(ns: ModuleType, pyramid: dict, *, num_classes: int, n
     predictors. Args and returns as ``build_retinanet_head``.
     """
     L = ns.layers
-    init = ns.initializers.RandomNormal(stddev=0.01, seed=0)
+    init = lambda: ns.initializers.RandomNormal(stddev=0.01)  # noqa: E731
     max_value = 6.0 if activation == "relu6" else None
     tower = [_separable(ns, width, name=f"head_tower_{i}", use_bias=False, init=init) for i in range(depth)]
     cls_dw, cls_pw = _separable(ns, num_anchors * num_classes, name="head_cls_logits", use_bias=True,

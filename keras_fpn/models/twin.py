@@ -1,4 +1,4 @@
-"""The tf_keras (Keras 2) twin of a Keras 3 detector, for tfmot (DESIGN decision 2).
+"""The tf_keras (Keras 2) twin of a Keras 3 detector or segmenter, for tfmot (DESIGN decision 2).
 
 tfmot's quantize/prune APIs reject Keras 3 models. The same builder functions
 build the architecture under ``tf_keras``; ``copy_weights`` transfers the
@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from keras_fpn.models.detector import build_detector
+from keras_fpn.models.factory import build_model
 
 _AUTO_NAME = re.compile(r"^(activation|re_lu|multiply|add|rescaling)(_\d+)?$")
 
@@ -49,6 +49,6 @@ def build_twin(cfg, model, *, batch_size: int | None = None):
     """Build the tf_keras twin of ``model`` (built from ``cfg``) and copy its weights."""
     import tf_keras
 
-    twin = build_detector(cfg, ns=tf_keras, batch_size=batch_size, backbone_weights=None)
+    twin = build_model(cfg, ns=tf_keras, batch_size=batch_size, backbone_weights=None)
     copy_weights(model, twin)
     return twin

@@ -68,6 +68,9 @@ def _cmd_predict(args) -> int:
     from keras_fpn.training.train import model_anchors
 
     run = open_run(args.run)
+    if run.config.model.task == "segmentation":
+        raise ValueError(f"{args.run}: `predict` draws detections; for a segmentation run use "
+                         f"`keras-fpn export {args.run} --mode fp32` and `fpn-edge segment MODEL IMAGE --out DIR`")
     mcfg = run.config.model
     model = run.build_model(which=args.which)
     anchors = model_anchors(mcfg)

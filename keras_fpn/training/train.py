@@ -122,6 +122,14 @@ def _set_backbone_trainable(model, trainable: bool) -> None:
             layer.trainable = trainable
 
 
+def _precise_bn_batches(cfg: Config, train_set):
+    """Un-augmented image batches of the first training images for precise BN (or None)."""
+    if not cfg.train.precise_bn_batches:
+        return None
+    n = min(cfg.train.precise_bn_batches * cfg.train.batch_size, len(train_set))
+    return training_pipeline(cfg, train_set.subset(range(n)), training=False).map(lambda x, y: x)
+
+
 def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 50, verbose: int | str = "auto") -> dict:
     """Train the detector or segmenter of ``cfg`` into ``run_dir`` (resuming if a backup exists).
 
@@ -165,7 +173,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 
         callbacks = [
             BackupEveryStepsAndEpoch(str(run / "backup"), save_freq=backup_every_steps),
             evaluator(run, val_set, cfg.model, every=cfg.train.eval_every,
-                      last_epoch=cfg.train.epochs, monitor=cfg.train.checkpoint_metric),
+                      last_epoch=cfg.train.epochs, monitor=cfg.train.checkpoint_metric,
+                      bn_batches=_precise_bn_batches(cfg, train_set)),
             keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.TensorBoard(str(run / "logs"), write_graph=False, profile_batch=0),

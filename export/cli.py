@@ -1,0 +1,127 @@
+"""``keras-fpn export``: the command-line front of ``fpn_export.convert.export_model``.
+
+Wire it into the ``keras-fpn`` parser with ``add_export_command(subparsers)``;
+the subcommand stores its handler as ``args.func`` (returns an exit code).
+``python -m fpn_export.cli export RUN --mode int8`` runs it standalone.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+__all__ = ["add_export_command", "run_export", "main"]
+
+_MODES = ("fp32", "fp16", "dynamic", "int8", "int16x8", "qat-int8", "edgetpu")  # = convert.MODES
+
+
+def _sparsity(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must be in (0, 1), got {v}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def add_export_command(subparsers) -> argparse.ArgumentParser:
+    """Register ``export RUN --mode MODE [...]`` on an ``argparse`` subparsers object."""
+    p = subparsers.add_parser(
+        "export", help="export a trained run to TFLite (fp32, fp16, dynamic, int8, int16x8, qat-int8, edgetpu)",
+        description="Convert a run's checkpoint to a self-describing .tflite (labels, normalization, "
+                    "box coder and NMS settings inside). Default output: RUN/model_<mode>.tflite.")
+    p.add_argument("run", help="run directory written by `keras-fpn train`")
+    p.add_argument("--mode", required=True, choices=_MODES, help="conversion mode")
+    p.add_argument("--out", help="output .tflite path (default RUN/model_<mode>[_pruneNN][_raw].tflite)")
+    p.add_argument("--raw", action="store_true",
+                   help="export raw box_deltas/class_logits instead of the TFLite_Detection_PostProcess op")
+    p.add_argument("--prune", type=_sparsity, metavar="SPARSITY",
+                   help="magnitude-prune to this sparsity (0..1) with tfmot while fine-tuning "
+                        "(export.qat_steps steps); combinable with every mode, qat-int8 included")
+    p.add_argument("--report", action="store_true",
+                   help="write the Edge TPU op report next to the model (always on for --mode edgetpu)")
+    p.add_argument("--debug", action="store_true",
+                   help="run TF's QuantizationDebugger (integer modes) and write per-layer error stats")
+    p.add_argument("--keep-float", type=int, default=0, metavar="N",
+                   help="with --debug: keep the N layers with the largest quantization error in float")
+    p.add_argument("--representative", type=_positive_int, metavar="N",
+                   help="number of calibration images from the training set "
+                        "(default: export.representative_images of the run's config)")
+    p.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint to export")
+    p.add_argument("--via", default="tf_keras", choices=("tf_keras", "keras"),
+                   help="convert the tf_keras twin (default: RESIZE_NEAREST_NEIGHBOR upsampling) "
+                        "or the Keras 3 model as is (TILE-based upsampling)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="export.KEY=VALUE",
+                   help="override an export setting of the run's config, e.g. export.int8_io=int8, "
+                        "export.qat_steps=500 (repeatable)")
+    p.set_defaults(func=run_export)
+    return p
+
+
+def _apply_overrides(run, overrides):
+    from keras_fpn.config import ConfigError, config_from_dict, config_to_dict
+
+    bad = [o for o in overrides if not o.startswith("export.")]
+    if bad:
+        raise ConfigError(f"--set {bad[0]!r}: only export.* settings can be changed at export time")
+    cfg = config_from_dict(config_to_dict(run.config), overrides)
+    cfg = dataclasses.replace(run.config, export=cfg.export)
+    return dataclasses.replace(run, config=cfg)
+
+
+def run_export(args) -> int:
+    """Handler of ``keras-fpn export``; prints the written path and op summary, returns an exit code."""
+    from fpn_edge.errors import EdgeError
+    from fpn_export.convert import ExportError, export_model
+    from fpn_export.edgetpu import check_edgetpu, op_counts
+    from keras_fpn.config import ConfigError
+    from keras_fpn.rundir import RunDirError, open_run
+
+    try:
+        run = open_run(args.run)
+        if args.overrides:
+            run = _apply_overrides(run, args.overrides)
+        path = export_model(run, args.mode, out=args.out, raw=args.raw, prune=args.prune,
+                            representative=args.representative, report=args.report,
+                            debug=args.debug, keep_float=args.keep_float, which=args.which, via=args.via)
+    except (ExportError, RunDirError, ConfigError, EdgeError, FileNotFoundError, ValueError) as exc:
+        print(f"keras-fpn export: error: {exc}", file=sys.stderr)
+        return 2
+    counts = op_counts(path)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, mode {args.mode}"
+          f"{', raw outputs' if args.raw else ', TFLite_Detection_PostProcess'})")
+    print("ops: " + json.dumps(counts))
+    if args.report or args.mode == "edgetpu":
+        rep = check_edgetpu(path)
+        print(f"Edge TPU: {rep.num_edgetpu}/{len(rep.ops)} ops mappable; "
+              f"{'clean (CPU tail only)' if rep.clean else 'NOT clean'}; report: "
+              f"{path.with_name(path.stem + '_edgetpu_report')}.md")
+        print(rep.note)
+    if args.debug:
+        print(f"quantization debug stats: {path.with_name(path.stem + '_debug')}/layer_stats.csv")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Standalone entry: ``python -m fpn_export.cli export RUN --mode MODE``."""
+    parser = argparse.ArgumentParser(prog="fpn-export")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_export_command(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

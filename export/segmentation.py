@@ -1,0 +1,218 @@
+"""TFLite export of keras-fpn semantic segmenters (``model.task: segmentation``) and their evaluation.
+
+``export_segmenter`` follows ``fpn_export.convert.export_detector`` and shares
+its machinery (``convert_keras``, the tf_keras twin, ``fpn_export.qat``):
+
+* modes: every mode of ``fpn_export.convert.MODES`` (``fp32``, ``fp16``,
+  ``dynamic``, ``int8``, ``int16x8``, ``qat-int8``, ``edgetpu``); pruning and
+  the quantization debugger are detection-only for now;
+* converted through the tf_keras twin, static batch 1;
+* **output: the raw logits** ``seg_logits [1, H, W, K]`` (int8/uint8 in
+  integer modes, with ``export.int8_io``), not an argmax. ARG_MAX is not an
+  Edge TPU op (it would cut the graph on the CPU after the last resize
+  anyway) and returns int32/int64, while the logits keep the whole graph in
+  int8; the host takes the argmax (``fpn_edge.Segmenter``), which also lets it
+  resize the logits to the original image before deciding, and read
+  confidences;
+* metadata (``fpn_edge.metadata``): ``task: segmentation``, ``labels``
+  = ``["background", *labels]`` (K = C + 1, channel order), ``output:
+  logits``, ``segmentation: {background_id: 0, ignore_label, final_upsample}``,
+  the resolved config and the export settings;
+* QAT fine-tunes on the segmentation pipeline
+  (``keras_fpn.data.pipeline.build_segmentation_dataset``) with the training
+  loss (``keras_fpn.ops.seg_losses.SegmentationLoss``).
+
+``evaluate_tflite`` runs an exported segmenter through ``fpn_edge.Segmenter``
+over a dataset and scores it with ``keras_fpn.seg_evaluation`` (the same
+metrics as ``keras-fpn evaluate``), for float vs int8 comparisons.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+from fpn_export.convert import (CALIBRATED_MODES, MODES, ExportError, _namespace, _normalization,
+                                _read_split, _representative_fn, _resolve_mode_io, as_batch1,
+                                convert_keras)
+
+logger = logging.getLogger("fpn_export")
+
+__all__ = ["export_segmenter", "segmentation_metadata", "seg_train_data_from_config",
+           "tf_keras_seg_losses", "evaluate_tflite"]
+
+
+def segmentation_metadata(config, labels, *, mode: str, extra: Optional[dict] = None) -> dict:
+    """The ``fpn_meta.json`` dict of a segmenter export (schema in ``fpn_edge.metadata``).
+
+    Args:
+        config: the resolved ``keras_fpn.config.Config``.
+        labels: the C foreground class names (the run's labels.txt); the
+            metadata lists ``background`` first.
+        mode: the export mode (recorded under ``export``).
+        extra: more keys for the ``export`` section.
+    """
+    from keras_fpn.config import config_to_dict
+    from keras_fpn.seg_evaluation import class_names
+
+    m = config.model
+    h, w = (int(v) for v in m.image_size)
+    return {"task": "segmentation", "labels": class_names(labels),
+            "input": {"height": h, "width": w, "normalization": _normalization(m)},
+            "output": "logits",
+            "segmentation": {"background_id": 0, "ignore_label": int(m.ignore_label),
+                             "final_upsample": m.seg_final_upsample},
+            "config": config_to_dict(config),
+            "export": {"mode": mode, **(extra or {})}}
+
+
+def tf_keras_seg_losses(config) -> tuple:
+    """``(losses, loss_weights)`` for tf_keras ``compile`` (QAT): the training segmentation loss."""
+    import tensorflow as tf
+
+    from keras_fpn.ops.seg_losses import SegmentationLoss
+
+    loss = SegmentationLoss(ignore_label=config.model.ignore_label, dice_weight=config.train.dice_weight)
+
+    @tf.autograph.experimental.do_not_convert
+    def seg_loss(y_true, y_pred):
+        return loss.call(y_true, y_pred)
+
+    return {"seg_logits": seg_loss}, {"seg_logits": 1.0}
+
+
+def seg_train_data_from_config(config, seed: int = 0):
+    """The QAT fine-tuning ``tf.data`` pipeline (training augmentation) of a segmentation config."""
+    from keras_fpn.data.pipeline import build_segmentation_dataset
+
+    if not config.data.train:
+        raise ExportError("qat-int8 needs training data: the config has no data.train")
+    ds = _read_split(config.data.train, config.data.train_include, None)
+    d = config.data
+    augment = {"hflip": d.hflip, "scale_jitter": tuple(d.scale_jitter), "photometric": d.photometric}
+    return build_segmentation_dataset(
+        ds, image_size=tuple(config.model.image_size), normalization=_normalization(config.model),
+        batch_size=config.export.qat_batch_size, training=True, augment=augment,
+        ignore_label=config.model.ignore_label, seed=seed, cache=d.cache)
+
+
+def export_segmenter(model, config, labels, mode: str, *, out, representative=None, train_data=None,
+                     report: bool = False, via: str = "tf_keras", raw: bool = False, prune=None,
+                     debug: bool = False) -> Path:
+    """Export a segmenter: convert, attach metadata, write atomically.
+
+    Args:
+        model: the trained Keras 3 segmenter (``keras_fpn.models.segmentation.build_segmenter``)
+            or its tf_keras twin.
+        config: the resolved ``Config`` (``model.task == "segmentation"``).
+        labels: the C foreground class names.
+        mode: one of ``fpn_export.convert.MODES``.
+        out: output .tflite path.
+        representative: calibration images for ``CALIBRATED_MODES`` (as ``export_detector``).
+        train_data: ``tf.data.Dataset`` of segmentation batches, or a callable
+            returning one, for ``qat-int8`` (default: ``seg_train_data_from_config``).
+            The representative images also initialize the QAT ranges.
+        report: write the Edge TPU op report beside the model (always for ``edgetpu``).
+        via: ``"tf_keras"`` (default) or ``"keras"`` (as ``export_detector``).
+        raw, prune, debug: detector export options; segmentation refuses them
+            (its output is always the raw logits; no pruning / debugger yet).
+
+    Returns:
+        The written path.
+    """
+    import tf_keras
+
+    from fpn_edge.metadata import write_metadata
+
+    if mode not in MODES:
+        raise ExportError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    unsupported = [name for name, on in (("--raw", raw), ("--prune", prune is not None),
+                                         ("--debug/--keep-float", debug)) if on]
+    if unsupported:
+        raise ExportError(f"{', '.join(unsupported)}: not available for segmentation models "
+                          "(they always export raw seg_logits)")
+    if via not in ("tf_keras", "keras"):
+        raise ExportError(f"via must be 'tf_keras' or 'keras', got {via!r}")
+    mcfg = config.model
+    if mcfg.task != "segmentation":
+        raise ExportError(f"export_segmenter needs model.task 'segmentation', got {mcfg.task!r}")
+    if len(labels) != mcfg.num_classes:
+        raise ExportError(f"{len(labels)} labels but model.num_classes is {mcfg.num_classes}")
+    qat_mode = mode == "qat-int8"
+    if qat_mode and via == "keras":
+        raise ExportError("qat-int8 works on the tf_keras twin (tfmot rejects Keras 3 models)")
+    if mode in CALIBRATED_MODES and representative is None:
+        raise ExportError(f"mode {mode!r} needs representative images (ExportConfig.representative_images)")
+    out = Path(out)
+    t0 = time.perf_counter()
+
+    ns = _namespace(model)
+    if via == "tf_keras" and ns is not tf_keras:
+        from keras_fpn.models.twin import build_twin
+
+        model = build_twin(mcfg, model, batch_size=None if qat_mode else 1)
+        ns = tf_keras
+    extra = {"via": "tf_keras" if ns is tf_keras else "keras"}
+    if qat_mode:
+        from fpn_export.qat import optimize_twin
+
+        data = seg_train_data_from_config(config) if train_data is None else train_data
+        data = data() if callable(data) else data
+        calib = _representative_fn(representative, *mcfg.image_size) if representative is not None else None
+        model, train_info = optimize_twin(
+            model, data, config=config, quantize=True, losses=tf_keras_seg_losses(config),
+            calibration=(lambda: (x[0] for x in calib())) if calib is not None else None)
+        extra.update(train_info)
+    model = as_batch1(model)
+
+    integer = mode in ("int8", "edgetpu", "qat-int8")
+    io = _resolve_mode_io(mode, config.export.int8_io) if integer else "float32"
+    data, info = convert_keras(model, mode, representative=representative, int8_io=io,
+                               postprocess=False, qat=qat_mode)
+    extra.update({"io_dtype": io, "convert_s": round(info["convert_s"], 2)})
+    meta = segmentation_metadata(config, labels, mode=mode, extra=extra)
+    try:
+        path = write_metadata(data, meta, None, out)
+    except Exception as exc:
+        raise ExportError(f"{out}: writing the model failed ({exc})") from exc
+    if report or mode == "edgetpu":
+        from fpn_export.edgetpu import check_edgetpu
+
+        rep = check_edgetpu(path)
+        rep.write(out.with_name(out.stem + "_edgetpu_report"))
+        logger.info("%s", rep.to_text())
+    logger.info("exported %s (%s, %.1f s, %d bytes)", path, mode, time.perf_counter() - t0, path.stat().st_size)
+    return path
+
+
+def evaluate_tflite(model_path, dataset, *, tolerance: Optional[int] = None, threads: Optional[int] = None,
+                    ignore_label: int = 255) -> dict:
+    """mIoU / per-class IoU / boundary F of an exported segmenter on a dataset (``fpn_edge.Segmenter``).
+
+    Args:
+        model_path: the .tflite with keras-fpn segmentation metadata.
+        dataset: a ``DetectionDataset`` with segmentations (its labels must
+            match the model's foreground labels).
+        tolerance: boundary tolerance in pixels (default ``keras_fpn.seg_evaluation.BOUNDARY_TOLERANCE``).
+        threads: interpreter threads.
+        ignore_label: ground-truth ignore value.
+
+    Returns:
+        ``keras_fpn.seg_evaluation.SegmentationMetrics.result()``.
+    """
+    from fpn_edge.segmenter import Segmenter
+    from keras_fpn.data.images import load_image
+    from keras_fpn.data.masks import rasterize_class_map
+    from keras_fpn.seg_evaluation import BOUNDARY_TOLERANCE, SegmentationMetrics, class_names
+
+    seg = Segmenter.from_file(model_path, threads=threads)
+    names = class_names(dataset.label_map.names)
+    if seg.labels != names:
+        raise ExportError(f"{model_path}: model labels {seg.labels} differ from the dataset's {names}")
+    metrics = SegmentationMetrics(names, ignore_label=ignore_label,
+                                  tolerance=BOUNDARY_TOLERANCE if tolerance is None else tolerance)
+    for record in dataset.records:
+        pred = seg.segment(load_image(record.image_path))
+        metrics.update(rasterize_class_map(record, ignore_label=ignore_label), pred)
+    return metrics.result()
