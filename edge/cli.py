@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from fpn_edge.errors import EdgeError
+from fpn_edge.atomic import write_bytes_atomic
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -46,23 +47,8 @@ def _error(msg: str) -> None:
     print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _atomic_write_json(path: Path, obj) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
 def _atomic_save_image(path: Path, pil_image) -> None:
@@ -71,7 +57,7 @@ def _atomic_save_image(path: Path, pil_image) -> None:
     buf = io.BytesIO()
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
     pil_image.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
-    _atomic_write_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _cv2_or_fail(what: str):

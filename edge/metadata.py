@@ -71,6 +71,7 @@ from pathlib import Path
 import numpy as np
 
 from fpn_edge.errors import EdgeError
+from fpn_edge.atomic import write_bytes_atomic
 
 SCHEMA_VERSION = 1
 META_NAME = "fpn_meta.json"
@@ -169,23 +170,6 @@ def strip_metadata(data: bytes) -> bytes:
     return data[:_flatbuffer_end(data)]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_metadata(tflite_path_or_bytes, meta: dict, anchors: np.ndarray | None, out_path) -> Path:
     """Write ``out_path``: the .tflite flatbuffer with the keras-fpn archive appended.
 
@@ -237,7 +221,7 @@ def write_metadata(tflite_path_or_bytes, meta: dict, anchors: np.ndarray | None,
             np.save(npy, anchors, allow_pickle=False)
             zf.writestr(ANCHORS_NAME, npy.getvalue())
     out = Path(out_path)
-    _write_atomic(out, strip_metadata(data) + buf.getvalue())
+    write_bytes_atomic(out, strip_metadata(data) + buf.getvalue())
     return out
 
 

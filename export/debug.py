@@ -34,20 +34,9 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from fpn_edge.atomic import write_text_atomic
 
 __all__ = ["debug_quantization", "worst_layers"]
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _rows(csv_text: str) -> list:
@@ -108,8 +97,8 @@ def debug_quantization(converter, representative, out_dir, *, keep_float: int = 
     kept = worst_layers(rows, keep_float) if keep_float else []
     csv_path = out_dir / "layer_stats.csv"
     json_path = out_dir / "layer_stats.json"
-    _write_text_atomic(csv_path, buf.getvalue())
-    _write_text_atomic(json_path, json.dumps(
+    write_text_atomic(csv_path, buf.getvalue())
+    write_text_atomic(json_path, json.dumps(
         {"note": "rmse_over_scale = sqrt(mean_squared_error) / scale; ~0.29 is pure rounding noise",
          "kept_float": kept, "layers": rows}, indent=2))
     if kept:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from fpn_edge.atomic import write_text_atomic
 
 __all__ = ["TensorInfo", "OpInfo", "Graph", "read_graph", "op_names", "op_counts",
            "OpVerdict", "EdgeTpuReport", "check_edgetpu", "SUPPORTED_OPS", "COMPILER_NOTE",
@@ -312,24 +313,9 @@ class EdgeTpuReport:
         """Write ``STEM.json`` and ``STEM.md`` atomically; return the two paths."""
         stem = Path(stem)
         paths = (stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md"))
-        _write_text_atomic(paths[0], json.dumps(self.to_dict(), indent=2))
-        _write_text_atomic(paths[1], self.to_text())
+        write_text_atomic(paths[0], json.dumps(self.to_dict(), indent=2))
+        write_text_atomic(paths[1], self.to_text())
         return paths
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _inner_dims_ok(shape: Iterable[int]) -> bool:
