@@ -31,19 +31,21 @@ Design decisions (measured in benchmarks/results/segmentation.md):
   path): it copies values, so it adds no quantization error, and the tf_keras
   twin that export converts lowers it to RESIZE_NEAREST_NEIGHBOR.
 - The final x4 upsample is **bilinear** by default (``seg_final_upsample``):
-  on the same weights it scored higher than nearest in float (mIoU 0.773 vs
-  0.748, boundary F@2px 0.681 vs 0.662) and in int8 (0.755 vs 0.729); it
-  lowers to one RESIZE_BILINEAR under both Keras 3 and tf_keras, whereas Keras
-  3's nearest ``UpSampling2D`` lowers to RESHAPE+TILE (TILE is not an Edge TPU
-  op; it matters for ``--via keras`` exports); RESIZE_BILINEAR is on the Edge
-  TPU list (3-D tensors at batch 1) and the static check maps it; and int8
-  keeps one scale through the resize, so the PTQ graph has no requantization
-  there. The layer has no weights, so a checkpoint loads into either choice.
+  on the same weights it scored higher than nearest in float (P2-P5: mIoU
+  0.772 vs 0.751, boundary F@1px 0.509 vs 0.480; P3-P5: F@2px 0.670 vs 0.559)
+  and in int8 (mIoU 0.779 vs 0.757); it lowers to one RESIZE_BILINEAR under
+  both Keras 3 and tf_keras, whereas Keras 3's nearest ``UpSampling2D`` lowers
+  to RESHAPE+TILE (TILE is not an Edge TPU op; it matters for ``--via keras``
+  exports); RESIZE_BILINEAR is on the Edge TPU list (3-D tensors at batch 1)
+  and the static check maps it; and int8 keeps one scale through the resize,
+  so the PTQ graph has no requantization there. The layer has no weights, so
+  a checkpoint loads into either choice.
 - The cheap boundary fix is ``min_level: 2`` (P2 in the pyramid: one lateral
-  + one 3x3 output conv at stride 4, +9 % parameters): boundary F@1px 0.432 ->
-  0.542, F@2px 0.625 -> 0.681, mIoU 0.759 -> 0.773. The alternative
-  ``seg_c2_skip`` (a 1x1 conv of the stride-4 tap C2 added to the sum) did not
-  help (F@2px 0.606). Both keep the graph to Conv/BN/ReLU/Add/Resize.
+  + one 3x3 output conv at stride 4): boundary F@1px 0.469 -> 0.509 (first
+  round 0.432 -> 0.542), for +9 % parameters and +70-80 % invoke time at
+  128 px; its mIoU / F@2px differences were within run-to-run noise. The
+  alternative ``seg_c2_skip`` (a 1x1 conv of the stride-4 tap C2 added to the
+  sum) did not help. Both keep the graph to Conv/BN/ReLU/Add/Resize.
 """
 from __future__ import annotations
 
