@@ -537,7 +537,7 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
         crowd_ioa: Background anchors this much inside a crowd box are ignored.
         shuffle: Shuffle each epoch (training only).
         seed: Seed for shuffling and augmentation (None: random).
-        deterministic: Keep element order under parallel map (tests).
+        deterministic: Keep element order under parallel map (always when not training).
         cache: Keep decoded images in memory after the first epoch (memory:
             h * w * 3 bytes per image at the original size).
         drop_remainder: Drop the last partial batch; default = training.
@@ -553,6 +553,7 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
     num_anchors = int(anchors.shape[0])
     if drop_remainder is None:
         drop_remainder = training
+    deterministic = deterministic or not training  # validation keeps the dataset's order
     _norm_params(normalization)  # validate early
     ds = _seeded_examples(dataset, shuffle=training and shuffle, seed=seed, cache=cache,
                           strict=strict, deterministic=deterministic)
@@ -614,6 +615,7 @@ def build_segmentation_dataset(dataset: DetectionDataset, *, image_size, normali
     cfg = _training_augment(augment, training)
     if drop_remainder is None:
         drop_remainder = training
+    deterministic = deterministic or not training  # validation keeps the dataset's order
     _norm_params(normalization)
     ds = _seeded_examples(dataset, shuffle=training and shuffle, seed=seed, cache=cache, strict=strict,
                           deterministic=deterministic, ignore_label=ignore_label)
