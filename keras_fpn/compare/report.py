@@ -138,7 +138,7 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
     from fpn_export.convert import default_output_path, export_model
     from keras_fpn.compare.plots import write_plots
     from keras_fpn.evaluation import coco_evaluate, predict_dataset
-    from keras_fpn.rundir import open_run
+    from keras_fpn.rundir import open_run, write_text_atomic
     from keras_fpn.training.train import load_datasets, load_split
 
     run = open_run(run_dir)
@@ -175,16 +175,10 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
               "cpu": cpu_name(), "threads": threads, "variants": rows,
               "rules": {"confident_score": CONFIDENT, "match_iou": MATCH_IOU, "moved_iou": MOVED_IOU}}
     log(f"[{len(modes) + 2}/{len(modes) + 2}] report and plots -> {out}")
-    _write(out / "report.json", json.dumps(report, indent=2))
-    _write(out / "report.md", format_report(report))
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2))
+    write_text_atomic(out / "report.md", format_report(report))
     write_plots(report, out, dataset=dataset, results=results, labels=run.labels)
     return report
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fmt(v, spec=".3f"):

@@ -164,6 +164,6 @@ class SegEvalCheckpoint(CocoEvalCheckpoint):
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    from keras_fpn.rundir import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2))

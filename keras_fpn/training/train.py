@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 
 from keras_fpn.config import Config, save_config
-from keras_fpn.rundir import save_labels, with_num_classes
+from keras_fpn.rundir import save_labels, with_num_classes, write_text_atomic
 from keras_fpn.training.callbacks import (BackupEveryStepsAndEpoch, CocoEvalCheckpoint, SegEvalCheckpoint,
                                           WarmupCosine)
 
@@ -193,7 +193,5 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 
 
 
 def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(".state.json.tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(state))
 
