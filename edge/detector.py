@@ -8,6 +8,10 @@ Handles both export signatures, told apart by the metadata's ``output`` key:
     scores ``[1, N]``, count ``[1]``. The interpreter lists these outputs in an
     order of its own, so they are mapped through the op's own output list (or,
     failing that, signature names / tensor names), never by position.
+    The op's kernel loses one class when it runs on 2..C-1 threads (regular
+    NMS split over classes, see ``fpn_export.postprocess_op``), so after the
+    interpreter is built the CPU kernels are set back to one thread
+    (:func:`pin_cpu_kernel_threads`); XNNPACK keeps the threads asked for.
 ``"raw"``
     Outputs ``box_deltas [1, A, 4]`` and ``class_logits [1, A, C]`` (float, or
     int8/uint8 dequantized with the tensors' scale and zero point); decoded and
@@ -31,7 +35,7 @@ from fpn_edge.errors import EdgeError
 from fpn_edge.interpreter import LoadedInterpreter
 from fpn_edge.runner import ModelRunner, dequantize
 
-__all__ = ["Detector", "Detection"]
+__all__ = ["Detector", "Detection", "pin_cpu_kernel_threads"]
 
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 PP_KEYS = ("boxes", "classes", "scores", "num_detections")
@@ -79,6 +83,34 @@ def _signature_outputs(interp) -> list:
         return []
     items = [(name, d["index"]) for name, d in details.items()]
     return sorted(items, key=lambda it: (_trailing_int(it[0]), it[0]))
+
+
+def pin_cpu_kernel_threads(interp) -> bool:
+    """Run the builtin/custom CPU kernels of an allocated interpreter on one thread.
+
+    ``TFLite_Detection_PostProcess`` (regular NMS) hands classes to a thread
+    pool of the interpreter's ``num_threads`` workers and never processes class
+    ``num_threads`` when that is between 2 and C-1 (ai-edge-litert 2.3 and the
+    TF kernels since ~2.8): the class is missing from the output. The pool size
+    comes from the interpreter's thread count, which also sizes XNNPACK's pool;
+    XNNPACK's delegate is created by ``allocate_tensors`` and keeps its pool, so
+    lowering the count afterwards (``Interpreter::SetNumThreads``) only affects
+    the kernels XNNPACK did not take, the post-process op among them.
+
+    Returns:
+        True when the count was set, False when the interpreter has no way to
+        (then a warning says what to do).
+    """
+    set_threads = getattr(getattr(interp, "_interpreter", None), "SetNumThreads", None)
+    if set_threads is None:
+        import warnings
+
+        warnings.warn("cannot set the CPU kernels of this interpreter to one thread: with 2..C-1 "
+                      "threads TFLite_Detection_PostProcess drops one class; use threads=1 or "
+                      ">= the number of classes, or a --raw export", RuntimeWarning, stacklevel=3)
+        return False
+    set_threads(1)
+    return True
 
 
 def _map_postprocess_outputs(interp, outputs: list, where) -> dict:
@@ -156,6 +188,8 @@ class Detector(ModelRunner):
         outputs = self._outputs
         if self.output_kind == "postprocess":
             self._out_map = _map_postprocess_outputs(self._interp, outputs, where)
+            if loaded.threads is not None and loaded.threads > 1:
+                pin_cpu_kernel_threads(self._interp)  # the op's kernel must not thread
         else:
             if anchors is None:
                 raise EdgeError(f"{where}: a raw model needs anchors in its metadata")
@@ -202,9 +236,9 @@ class Detector(ModelRunner):
 
         Args:
             image: a path, a PIL image, or an ``[h, w, 3]`` uint8 RGB array.
-            score_threshold: minimum score (default: the metadata's NMS score
-                threshold). A post-process model applies its baked-in threshold
-                first, so a lower value cannot bring back what it dropped.
+            score_threshold: keep scores above this (default: the metadata's NMS
+                score threshold). A post-process model applies its baked-in
+                threshold first, so a lower value cannot bring back what it dropped.
             max_detections: keep at most this many (default: the metadata's).
 
         Returns:
@@ -223,7 +257,7 @@ class Detector(ModelRunner):
             scores = out["scores"].reshape(-1)[:n]
             classes = out["classes"].reshape(-1)[:n]
             if score_threshold is not None:
-                keep = scores >= score_threshold
+                keep = scores > score_threshold  # keras_fpn's rule, as decode_detections
                 boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
             order = np.argsort(-scores, kind="stable")
             if max_detections is not None:

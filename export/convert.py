@@ -568,7 +568,7 @@ def export_detector(model, config, labels, mode: str, *, out, raw: bool = False,
     import tf_keras
 
     from fpn_edge.metadata import write_metadata
-    from fpn_export.postprocess_op import attach_postprocess
+    from fpn_export.postprocess_op import attach_postprocess, patch_postprocess_options
 
     if mode not in MODES:
         raise ExportError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -646,6 +646,10 @@ def export_detector(model, config, labels, mode: str, *, out, raw: bool = False,
                                postprocess=not raw, qat=qat_mode,
                                debug_dir=None if debug_dir is None else str(debug_dir),
                                keep_float=keep_float)
+    if not raw:
+        # The converter drops detections_per_class (the kernel then caps every class at 100)
+        # and writes the stub's threshold as it is: write the op's full option set back.
+        data = bytes(patch_postprocess_options(data, model))
     extra.update({"io_dtype": io if mode in ("int8", "edgetpu", "qat-int8") and not keep_float else "float32",
                   "postprocess_output_dtype": None if raw else "float32",
                   "prune": prune, "keep_float": keep_float or 0})

@@ -22,38 +22,64 @@ with ``N = max_detections``; rows past ``num_detections`` are zeros. The
 interpreter lists the four outputs in an order of its own: map them through the
 op's output list (``fpn_edge.Detector`` does), never by position.
 
-**Call** :func:`patch_postprocess_options` **on the converted bytes.** The TF
-2.21 converter writes only some of the stub's attributes into the op's custom
-options: it drops ``detections_per_class``, and the kernel then caps each class
-at its default of 100 instead of ``max_detections_per_class`` (measured: 14
-detections of one class with a cap of 10). The patch rewrites the options
-from the attributes given to :func:`attach_postprocess`.
+**Call** :func:`patch_postprocess_options` **on the converted bytes**
+(``fpn_export.convert.export_detector`` does). The TF 2.21 converter writes
+only some of the stub's attributes into the op's custom options: it drops
+``detections_per_class``, and the kernel then caps each class at its default of
+100 instead of ``max_detections_per_class`` (measured: 14 detections of one
+class with a cap of 10). The patch rewrites the options from the attributes
+given to :func:`attach_postprocess`.
+
+**Run the op's kernel on one thread.** The LiteRT / TFLite kernel (ai-edge-litert
+2.3, the ``detection_postprocess.cc`` with a thread pool, in TF since ~2.8) splits
+regular NMS over classes between ``num_threads`` workers: worker ``i`` starts at
+class ``i`` and then takes ``++next_col`` with ``next_col`` starting at
+``num_threads``, so class ``num_threads`` is never processed. With
+``2 <= num_threads < num_classes`` the op silently returns no detection of that
+one class (measured on the 5-class demo model: ``num_threads=2`` loses class 2,
+3 loses class 3, 4 loses class 4; 1, 5 and 6 are correct; same with XNNPACK off
+and with the reference kernels). The interpreter's ``num_threads`` sets both
+XNNPACK's thread pool and this kernel's, so ``fpn_edge.Detector`` sets the CPU
+kernels' thread count back to 1 after XNNPACK has been created with the asked
+number (XNNPACK keeps its workers; only the ops XNNPACK did not take, the op
+among them, run on one thread). Other runtimes must run the model with
+``num_threads`` 1 (the Python default) or >= the number of classes, or export
+``--raw``.
 
 What the op computes (TFLite kernel ``detection_postprocess.cc``) and how it
 differs from keras_fpn's decode + per-class NMS
 (``tf.image.combined_non_max_suppression`` semantics):
 
 * Decoding is the same Faster R-CNN coder: ``yc = ty / sy * ha + ya``,
-  ``h = exp(th / sh) * ha`` (computed in double, rounded to float).
+  ``h = exp(th / sh) * ha`` (computed in double, rounded to float: boxes agree
+  to ~1e-7).
 * Boxes are **not clipped** to [0, 1], and NMS runs on the unclipped boxes.
-  keras_fpn clips; the boxes of detections that reach past the canvas differ
-  (fpn_edge clips to the image afterwards, so its final boxes agree).
-* Score threshold keeps ``score >= threshold`` (keras_fpn / fpn_edge.postprocess:
-  ``>``; differs only at exact equality).
+  keras_fpn clips before NMS: for two boxes that reach past the canvas the IoU
+  differs, so a box can be kept by one and suppressed by the other (measured on
+  the demo model, 20 validation images: 1687 of numpy's 1695 detections
+  identical, 11 of the op's 1698 not; numpy's NMS on unclipped boxes equals the
+  op on every image). fpn_edge clips to the image afterwards, so the boxes it
+  reports agree otherwise.
+* Score threshold: the kernel keeps ``score >= threshold``; the op is given the
+  next float32 above ``t`` (:func:`kernel_score_threshold`), i.e. keras_fpn's
+  ``score > t``. keras_fpn tests the logit against ``logit(t)``; the two can
+  differ only for a score within one float32 step of ``t``.
 * No pre-NMS top-k: every anchor over the threshold enters the per-class NMS
   (O(K^2) per class, so a low threshold costs latency on device).
   ``fpn_edge.postprocess.decode_detections`` keeps the best ``pre_nms_top_k``
   (default 1000) per class first; with more candidates than that the two can
   differ. Set ``nms.pre_nms_top_k: null`` in the metadata for identical rules.
+  A top-k in the graph would need one op per class (the op takes one anchor
+  set), i.e. a merge after the ops, which the int8 converter quantizes.
 * ``use_regular_nms=True``: for each class, greedy NMS (suppress when
-  IoU > iou_threshold) over anchors with score >= threshold, at most
-  ``detections_per_class`` per class; then the best ``max_detections`` over all
-  classes by score. This is per-class NMS like combined NMS. Ties in score may
-  come out in a different order.
+  IoU > iou_threshold) over anchors with score over the threshold, at most
+  ``detections_per_class`` per class (stable sort: equal scores -> lower
+  anchor first); then the best ``max_detections`` over all classes by score
+  (equal scores: lower class first). This is per-class NMS like combined NMS.
 * ``use_regular_nms=False`` (fast NMS): each anchor keeps only its best class
   (``max_classes_per_detection=1``), one class-agnostic NMS over all anchors;
   a box can then suppress an overlapping box of another class: not what
-  keras_fpn computes. Faster for many classes.
+  keras_fpn computes. Faster for many classes. (Not threaded: no lost class.)
 * Only float32 or uint8 inputs are accepted by the kernel; in an int8 model the
   converter puts DEQUANTIZE ops in front of it.
 """
@@ -68,7 +94,8 @@ _ATTR_ARGS = ("num_classes", "scale_factors", "score_threshold", "iou_threshold"
               "max_detections_per_class", "use_regular_nms")
 
 __all__ = ["attach_postprocess", "patch_postprocess_options", "postprocess_options",
-           "anchors_to_center_size", "implements_signature", "op_attributes", "OP_NAME", "OUTPUT_NAMES"]
+           "anchors_to_center_size", "implements_signature", "op_attributes", "kernel_score_threshold",
+           "OP_NAME", "OUTPUT_NAMES"]
 
 
 def anchors_to_center_size(anchors_yxyx: np.ndarray) -> np.ndarray:
@@ -83,14 +110,28 @@ def anchors_to_center_size(anchors_yxyx: np.ndarray) -> np.ndarray:
     return np.stack([a[:, 0] + 0.5 * h, a[:, 1] + 0.5 * w, h, w], axis=1).astype(np.float32)
 
 
+def kernel_score_threshold(score_threshold: float) -> float:
+    """The kernel's ``nms_score_threshold`` for keras_fpn's strict rule ``score > t``.
+
+    The kernel keeps ``score >= threshold`` on float32 scores; the next float32
+    above ``t`` makes that ``score > float32(t)``.
+    """
+    return float(np.nextafter(np.float32(score_threshold), np.float32(np.inf)))
+
+
 def op_attributes(*, num_classes: int, scale_factors, score_threshold: float, iou_threshold: float,
                   max_detections: int, max_detections_per_class: int, use_regular_nms: bool) -> dict:
-    """The op's attributes (custom option names of the TFLite kernel) as a dict of int/float/bool."""
+    """The op's attributes (custom option names of the TFLite kernel) as a dict of int/float/bool.
+
+    ``score_threshold`` is keras_fpn's (keep ``score > t``); the kernel gets
+    :func:`kernel_score_threshold` of it.
+    """
     sy, sx, sh, sw = (float(v) for v in scale_factors)
     return {"max_detections": int(max_detections), "max_classes_per_detection": 1,
             "detections_per_class": int(max_detections_per_class),
             "use_regular_nms": bool(use_regular_nms),
-            "nms_score_threshold": float(score_threshold), "nms_iou_threshold": float(iou_threshold),
+            "nms_score_threshold": kernel_score_threshold(score_threshold),
+            "nms_iou_threshold": float(iou_threshold),
             "num_classes": int(num_classes),
             "y_scale": sy, "x_scale": sx, "h_scale": sh, "w_scale": sw}
 
@@ -192,7 +233,8 @@ def attach_postprocess(model, anchors, *, num_classes: int, scale_factors, score
             (ycenter, xcenter, h, w).
         num_classes: C (foreground classes, no background column).
         scale_factors: box coder ``(sy, sx, sh, sw)``, e.g. (10, 10, 5, 5).
-        score_threshold: keep scores >= this.
+        score_threshold: keep scores > this (the kernel gets the next float32 up,
+            see :func:`kernel_score_threshold`).
         iou_threshold: suppress when IoU > this; in (0, 1].
         max_detections: N, the output length.
         max_detections_per_class: per-class NMS cap (``detections_per_class``).
