@@ -76,12 +76,10 @@ class ExportError(RuntimeError):
 # --------------------------------------------------------------------------- helpers
 
 def detector_anchors(model_cfg) -> np.ndarray:
-    """``[A, 4]`` anchors of a ``ModelConfig`` (``keras_fpn.ops.anchors.generate_anchors``)."""
-    from keras_fpn.ops.anchors import generate_anchors
+    """``[A, 4]`` anchors of a ``ModelConfig`` (``keras_fpn.ops.anchors.model_anchors``, ``neck`` aware)."""
+    from keras_fpn.ops.anchors import model_anchors
 
-    return generate_anchors(tuple(model_cfg.image_size), model_cfg.min_level, model_cfg.max_level,
-                            model_cfg.anchor_scale, model_cfg.scales_per_octave,
-                            tuple(model_cfg.aspect_ratios))
+    return model_anchors(model_cfg)
 
 
 def _normalization(model_cfg) -> dict:

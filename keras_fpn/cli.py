@@ -24,8 +24,7 @@ def _cmd_info(args) -> int:
     model = build_detector(cfg.model)
     print(f"{args.preset}: input {cfg.model.image_size[0]}x{cfg.model.image_size[1]}, "
           f"{cfg.model.num_classes} classes, {model.count_params():,} parameters")
-    levels = range(cfg.model.min_level, cfg.model.max_level + 1)
-    for level in levels:
+    for level in cfg.model.head_levels:
         name = f"fpn_output_P{level}" if level <= 5 else f"fpn_extra_P{level}"
         shape = model.get_layer(name).output.shape
         print(f"  P{level}: stride {2 ** level:>3}  {shape[1]}x{shape[2]}x{shape[3]}  ({name})")

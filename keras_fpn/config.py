@@ -25,6 +25,11 @@ class ConfigError(ValueError):
 
 #: ``model.task`` values: what the model predicts and which head, data, loss and metric it uses.
 TASKS = ("detection", "segmentation")
+#: ``model.neck`` values: the FPN paper's ablation (Lin et al. 2017, Table 1 single-scale baselines).
+#: ``fpn``: P{min_level}..P{max_level} with the top-down pathway; ``c5_only``: one level, P5 =
+#: 3x3(1x1(C5)); ``finest_no_topdown``: one level, P{min_level} = 3x3(1x1(C{min_level})), no
+#: top-down pathway. A single-level neck carries the anchors of every level min..max on its grid.
+NECKS = ("fpn", "c5_only", "finest_no_topdown")
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class ModelConfig:
     fpn_lite: bool = False
     fpn_batch_norm: bool = False
     extra_levels_from: str = "C5"
+    neck: str = "fpn"                           # "fpn" | "c5_only" | "finest_no_topdown" (NECKS)
     head: str = "retinanet"                     # "retinanet" | "ssd_fpnlite"
     head_width: int = 128
     head_depth: int = 4
@@ -76,10 +82,27 @@ class ModelConfig:
         h, w = self.image_size
         if h % 32 or w % 32:
             raise ConfigError(f"model.image_size {h}x{w} must be divisible by 32 (the backbone's C5 stride)")
+        if not (2 <= self.min_level <= 5 and self.min_level <= self.max_level <= 7):
+            raise ConfigError(f"model.min_level/max_level must satisfy 2 <= min_level <= 5 and "
+                              f"min_level <= max_level <= 7, got {self.min_level}..{self.max_level}")
+        if self.neck not in NECKS:
+            raise ConfigError(f"model.neck must be one of {', '.join(NECKS)}, got {self.neck!r}")
+        if self.neck != "fpn" and self.task != "detection":
+            raise ConfigError(f"model.neck {self.neck!r} is a detection ablation; model.task "
+                              f"{self.task!r} needs neck: fpn")
         if self.head not in ("retinanet", "ssd_fpnlite"):
             raise ConfigError(f"model.head must be 'retinanet' or 'ssd_fpnlite', got {self.head!r}")
         if self.activation not in ("relu", "relu6"):
             raise ConfigError(f"model.activation must be 'relu' or 'relu6', got {self.activation!r}")
+
+    @property
+    def head_levels(self) -> tuple[int, ...]:
+        """Pyramid levels the head predicts on (``neck``): all of P{min}..P{max}, or one level."""
+        if self.neck == "c5_only":
+            return (5,)
+        if self.neck == "finest_no_topdown":
+            return (self.min_level,)
+        return tuple(range(self.min_level, self.max_level + 1))
 
 
 @dataclass(frozen=True)

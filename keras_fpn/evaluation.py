@@ -89,11 +89,10 @@ def predict_dataset(model, dataset, model_cfg, *, batch_size: int = 8, progress:
     """Run a Keras detector over a dataset; return COCO results in original pixels."""
     from keras_fpn.data.pipeline import build_inference_dataset, canvas_to_original
     from keras_fpn.models.backbones import NORMALIZATION
-    from keras_fpn.ops.anchors import generate_anchors
+    from keras_fpn.ops.anchors import model_anchors
     from keras_fpn.ops.postprocess import decode_detections
 
-    anchors = generate_anchors(model_cfg.image_size, model_cfg.min_level, model_cfg.max_level,
-                               model_cfg.anchor_scale, model_cfg.scales_per_octave, model_cfg.aspect_ratios)
+    anchors = model_anchors(model_cfg)
     ds = build_inference_dataset(dataset, image_size=model_cfg.image_size,
                                  normalization=NORMALIZATION[model_cfg.backbone], batch_size=batch_size)
     nms = dict(scale_factors=model_cfg.box_scale_factors, score_threshold=model_cfg.score_threshold,

@@ -90,3 +90,77 @@ def test_bad_arguments():
         generate_anchors((64, 64), 5, 3, 4, 3, RATIOS)
     with pytest.raises(ValueError, match="aspect"):
         generate_anchors((64, 64), 3, 4, 4, 3, ())
+
+
+# ---------------------------------------------------------------- single-level necks (model.neck)
+
+def _demo_model_cfg(neck):
+    """The ablation configs' anchor keys (P3-P6, scale 4, 2 scales/octave, ratio 1) on 256x320."""
+    from keras_fpn.config import ModelConfig
+
+    return ModelConfig(image_size=(256, 320), min_level=3, max_level=6, anchor_scale=4.0,
+                       scales_per_octave=2, aspect_ratios=(1.0,), neck=neck)
+
+
+@pytest.mark.parametrize("neck, per_location, cells, total", [
+    # P3 32x40, P4 16x20, P5 8x10, P6 4x5 cells; 2 anchors per cell on each level.
+    ("fpn", 2, 32 * 40 + 16 * 20 + 8 * 10 + 4 * 5, 3400),
+    # One level carries the 4 octaves x 2 scales = 8 anchors per cell.
+    ("c5_only", 8, 8 * 10, 640),
+    ("finest_no_topdown", 8, 32 * 40, 10240),
+])
+def test_model_anchor_counts_per_neck_non_square(neck, per_location, cells, total):
+    from keras_fpn.ops.anchors import model_anchors, model_anchors_per_location
+
+    cfg = _demo_model_cfg(neck)
+    assert model_anchors_per_location(cfg) == per_location
+    anchors = model_anchors(cfg)
+    assert anchors.shape == (cells * per_location, 4) == (total, 4)
+    level = {"fpn": None, "c5_only": 5, "finest_no_topdown": 3}[neck]
+    per_level = anchors_per_level((256, 320), 3, 6, 2, (1.0,), on_level=level)
+    assert list(per_level) == ([f"P{l}" for l in (3, 4, 5, 6)] if level is None else [f"P{level}"])
+    assert sum(per_level.values()) == total
+
+
+def test_single_level_anchors_by_hand_c5():
+    # P5 (stride 32) of 256x320: 8 x 10 cells, 8 anchors each: sides 32 * 2**(k/2), k = 0..7
+    # (= 4 * 2**l * 2**(j/2) for l = 3..6, j = 0, 1), all centred on the cell.
+    anchors = generate_anchors((256, 320), 3, 6, 4.0, 2, (1.0,), on_level=5)
+    # Row 2, column 3: centre (80, 112) px; anchor 7 (octave P6, scale 2**0.5): side 256 * sqrt(2).
+    i = (2 * 10 + 3) * 8 + 7
+    half = 128 * math.sqrt(2)
+    np.testing.assert_allclose(anchors[i], [(80 - half) / 256, (112 - half) / 320,
+                                            (80 + half) / 256, (112 + half) / 320], atol=1e-6)
+    sides = (anchors[:8, 2] - anchors[:8, 0]) * 256
+    np.testing.assert_allclose(sides, [32 * 2 ** (k / 2) for k in range(8)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("on_level", [3, 5])
+def test_single_level_sizes_equal_the_pyramid_sizes(on_level):
+    # Same anchor shapes as P3..P7 (9 per level), just all on one grid, ordered by size then ratio.
+    pyramid = generate_anchors((128, 192), 3, 7, 4, 3, RATIOS)
+    single = generate_anchors((128, 192), 3, 7, 4, 3, RATIOS, on_level=on_level)
+    rows, cols = 128 >> on_level, 192 >> on_level
+    assert single.shape == (rows * cols * 45, 4)
+
+    def shapes(a):
+        return np.round(np.stack([(a[:, 2] - a[:, 0]) * 128, (a[:, 3] - a[:, 1]) * 192], 1), 3)
+
+    per_level_first_cell, start = [], 0
+    for level in range(3, 8):
+        per_level_first_cell.append(shapes(pyramid[start:start + 9]))
+        start += (-(-128 // 2 ** level)) * (-(-192 // 2 ** level)) * 9
+    np.testing.assert_allclose(shapes(single[:45]), np.concatenate(per_level_first_cell), atol=2e-3)
+    centres = (single[:, :2] + single[:, 2:]) / 2 * [128, 192]
+    np.testing.assert_allclose(centres[:45], np.full((45, 2), 2 ** on_level / 2), atol=1e-4)
+
+
+def test_on_level_of_a_one_level_range_is_the_plain_level():
+    plain = generate_anchors((64, 96), 4, 4, 4, 3, RATIOS)
+    np.testing.assert_array_equal(generate_anchors((64, 96), 4, 4, 4, 3, RATIOS, on_level=4), plain)
+    # Level 3's anchors on the stride-32 grid: same sizes as P3, fewer cells.
+    moved = generate_anchors((64, 96), 3, 3, 4, 3, RATIOS, on_level=5)
+    np.testing.assert_allclose((moved[:9, 2:] - moved[:9, :2]),
+                               (generate_anchors((64, 96), 3, 3, 4, 3, RATIOS)[:9, 2:]
+                                - generate_anchors((64, 96), 3, 3, 4, 3, RATIOS)[:9, :2]), atol=1e-6)
+    assert moved.shape == (2 * 3 * 9, 4)

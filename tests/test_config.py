@@ -22,6 +22,12 @@ def test_preset_then_overrides():
     ({"model": {"preset": "yolo"}}, [], "model.preset: unknown preset 'yolo'"),
     ({"model": {"head": "fcos"}}, [], "model.head must be 'retinanet' or 'ssd_fpnlite'"),
     ({"train": {"optimizer": "adam"}}, [], "train.optimizer must be 'sgd' or 'adamw'"),
+    ({"model": {"neck": "c4_only"}}, [], "model.neck must be one of fpn, c5_only, finest_no_topdown, got 'c4_only'"),
+    ({"model": {"task": "segmentation", "neck": "c5_only"}}, [],
+     "model.neck 'c5_only' is a detection ablation; model.task 'segmentation' needs neck: fpn"),
+    ({"model": {"min_level": 6, "max_level": 7}}, [],
+     "model.min_level/max_level must satisfy 2 <= min_level <= 5 and min_level <= max_level <= 7, got 6..7"),
+    ({"model": {"min_level": 4, "max_level": 3}}, [], "got 4..3"),
     ({}, ["epochs=3"], "key must be section.key"),
     ({}, ["train.epochs"], "expected section.key=value"),
 ])
@@ -62,3 +68,16 @@ def test_shipped_configs_load():
         assert cfg.model.image_size[0] % 32 == 0, path
         first = path.read_text().splitlines()[0]
         assert first.startswith("#"), f"{path} must say what it reaches in its first lines"
+
+
+def test_ablation_configs_differ_from_the_demo_only_in_the_neck():
+    from pathlib import Path
+    configs = Path(__file__).parents[1] / "configs"
+    demo = config_to_dict(load_config(configs / "synthetic_retinanet_mobilenetv2.yaml"))
+    levels = {"fpn": (3, 4, 5, 6), "c5_only": (5,), "finest_no_topdown": (3,)}
+    for neck, head_levels in levels.items():
+        cfg = load_config(configs / f"ablation_{neck}.yaml")
+        assert cfg.model.neck == neck and cfg.model.head_levels == head_levels
+        got = config_to_dict(cfg)
+        got["model"]["neck"] = "fpn"
+        assert got == demo, neck

@@ -143,9 +143,11 @@ def _tiny_cfg(preset, **kw):
     return ModelConfig(**values, num_classes=3, backbone_weights=None)
 
 
-@pytest.mark.parametrize("preset", ["retinanet_mobilenetv2_fpn", "ssd_mobilenetv2_fpnlite"])
-def test_tf_keras_twin_matches(preset):
-    cfg = _tiny_cfg(preset)
+@pytest.mark.parametrize("preset, neck", [("retinanet_mobilenetv2_fpn", "fpn"), ("ssd_mobilenetv2_fpnlite", "fpn"),
+                                          ("retinanet_mobilenetv2_fpn", "c5_only"),
+                                          ("ssd_mobilenetv2_fpnlite", "finest_no_topdown")])
+def test_tf_keras_twin_matches(preset, neck):
+    cfg = _tiny_cfg(preset, neck=neck)
     model = build_detector(cfg)
     # Perturb BN statistics so the parity check also covers non-trivial BN folding.
     rng = np.random.default_rng(0)
@@ -171,3 +173,79 @@ def test_detector_outputs_and_prior_bias():
     bias = model.get_layer("head_cls_logits").get_weights()[1]
     np.testing.assert_allclose(bias, -np.log(0.99 / 0.01), rtol=1e-6)
     assert not model.get_layer("head_box_deltas").get_weights()[1].any()
+
+
+# ---------------------------------------------------------------- neck ablation (model.neck)
+
+NECK_SIZE = (256, 320)  # non-square
+
+
+@pytest.fixture(scope="module")
+def neck_models():
+    """The ablation configs' model (demo config: MobileNetV2 0.35, width 32, BN, P3-P6, 2 anchors
+    per level cell, head depth 1) for each neck, 5 classes, on 256x320."""
+    from keras_fpn.config import NECKS, config_from_dict
+
+    out = {}
+    for neck in NECKS:
+        cfg = config_from_dict({"model": {
+            "preset": "retinanet_mobilenetv2_fpn", "neck": neck, "backbone_alpha": 0.35,
+            "backbone_weights": None, "image_size": list(NECK_SIZE), "max_level": 6, "fpn_width": 32,
+            "fpn_batch_norm": True, "head_width": 32, "head_depth": 1, "scales_per_octave": 2,
+            "aspect_ratios": [1.0], "num_classes": 5}}).model
+        out[neck] = (cfg, build_detector(cfg))
+    return out
+
+
+@pytest.mark.parametrize("neck, level, cells, per_cell", [
+    ("fpn", None, 32 * 40 + 16 * 20 + 8 * 10 + 4 * 5, 2),  # P3..P6, 2 anchors per cell
+    ("c5_only", 5, 8 * 10, 8),                                # P5 only, 4 levels x 2 anchors per cell
+    ("finest_no_topdown", 3, 32 * 40, 8),                     # P3 only
+])
+def test_neck_output_shapes_and_anchor_counts(neck_models, neck, level, cells, per_cell):
+    from keras_fpn.ops.anchors import model_anchors
+
+    cfg, model = neck_models[neck]
+    a = cells * per_cell
+    assert a == {"fpn": 3400, "c5_only": 640, "finest_no_topdown": 10240}[neck]
+    assert tuple(model.output["box_deltas"].shape) == (None, a, 4)
+    assert tuple(model.output["class_logits"].shape) == (None, a, 5)
+    assert model_anchors(cfg).shape == (a, 4)
+    names = {layer.name for layer in model.layers}
+    if level is not None:
+        stride = 2 ** level
+        assert tuple(model.get_layer(f"fpn_output_P{level}").output.shape) == (
+            None, NECK_SIZE[0] // stride, NECK_SIZE[1] // stride, 32)
+        # One lateral + one output conv: no top-down pathway, no other level.
+        assert sorted(n for n in names if n.startswith("fpn_")) == [
+            f"fpn_lateral_P{level}", f"fpn_output_P{level}", f"fpn_output_P{level}_bn"]
+        assert model.get_layer("head_cls_logits").output.shape[-1] == per_cell * 5
+    y = model.predict(np.zeros((1, *NECK_SIZE, 3), "float32"), verbose=0)
+    assert y["box_deltas"].shape == (1, a, 4) and y["class_logits"].shape == (1, a, 5)
+
+
+def test_neck_parameter_count_difference_by_hand(neck_models):
+    count = {neck: model.count_params() for neck, (_, model) in neck_models.items()}
+    # MobileNetV2 0.35: C3 96 ch, C5 1280 ch; width 32; 3x3 outputs with BN (4 x 32 weights, no bias).
+    out3x3 = 3 * 3 * 32 * 32 + 4 * 32
+    fpn_neck = (96 * 32 + 32) + (192 * 32 + 32) + (1280 * 32 + 32) + 3 * out3x3 + (3 * 3 * 1280 * 32 + 4 * 32)
+    assert fpn_neck == 447_072
+
+    def predictors(a):  # head_cls_logits (5 classes) + head_box_deltas, 3x3 on 32 channels
+        return (3 * 3 * 32 * a * 5 + a * 5) + (3 * 3 * 32 * a * 4 + a * 4)
+    head_growth = predictors(8) - predictors(2)
+    assert head_growth == 15_606
+    c5_neck = (1280 * 32 + 32) + out3x3
+    assert count["c5_only"] - count["fpn"] == c5_neck - fpn_neck + head_growth == -381_130
+    # finest_no_topdown also drops the backbone after C3 (block_6_pad .. out_relu).
+    _, fpn = neck_models["fpn"]
+    _, finest = neck_models["finest_no_topdown"]
+    kept = {layer.name for layer in finest.layers}
+    dropped = [layer for layer in fpn.layers if layer.name not in kept and not layer.name.startswith(("fpn_", "head_"))]
+    assert dropped[0].name == "block_6_pad" and dropped[-1].name == "out_relu"
+    backbone_after_c3 = sum(layer.count_params() for layer in dropped)
+    assert backbone_after_c3 == 392_624
+    c3_neck = (96 * 32 + 32) + out3x3
+    assert count["finest_no_topdown"] - count["fpn"] == (
+        c3_neck - fpn_neck + head_growth - backbone_after_c3) == -811_642
+    assert count == {"fpn": 880_978, "c5_only": 499_848, "finest_no_topdown": 69_336}

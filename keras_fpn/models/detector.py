@@ -4,10 +4,20 @@ The model maps a normalized image ``[B, H, W, 3]`` (see
 ``backbones.NORMALIZATION``) to two raw outputs (DESIGN decision 5):
 
 - ``box_deltas [B, A, 4]``: (ty, tx, th, tw) against the anchors of
-  ``keras_fpn.ops.anchors.generate_anchors`` (same order: level -> y -> x -> anchor);
+  ``keras_fpn.ops.anchors.model_anchors`` (same order: level -> y -> x -> anchor);
 - ``class_logits [B, A, C]``: sigmoid logits, no background column.
 
 Decoding and NMS stay outside the model.
+
+``model.neck`` picks the levels the head predicts on (``ModelConfig.head_levels``):
+``fpn`` builds the pyramid P{min}..P{max}; the single-level ablation necks build the
+same lateral 1x1 + output 3x3 on one backbone tap with no top-down pathway
+(``build_fpn`` with ``min_level == max_level``): ``c5_only`` on C5, and
+``finest_no_topdown`` on C{min_level}. A single-level head predicts the anchors of
+all levels min..max at each of its cells (``model_anchors_per_location``).
+Backbone layers after the tap that is used are not part of the model (Keras keeps
+only the layers between inputs and outputs): the ``finest_no_topdown`` detector
+stops at C{min_level}.
 """
 from __future__ import annotations
 
@@ -18,11 +28,7 @@ import keras
 from keras_fpn.models.backbones import build_backbone
 from keras_fpn.models.fpn import build_fpn
 from keras_fpn.models.heads import HEADS
-
-
-def num_anchors_per_location(cfg) -> int:
-    """Anchors at each feature-map cell: scales per octave x aspect ratios."""
-    return cfg.scales_per_octave * len(cfg.aspect_ratios)
+from keras_fpn.ops.anchors import model_anchors_per_location
 
 
 def build_detector(cfg, *, ns: ModuleType = keras, batch_size: int | None = None,
@@ -54,10 +60,11 @@ def build_detector(cfg, *, ns: ModuleType = keras, batch_size: int | None = None
     L = ns.layers
     inputs = ns.Input((height, width, 3), batch_size=batch_size, name="image")
     features = build_backbone(ns, cfg.backbone, inputs, alpha=cfg.backbone_alpha, weights=weights)
-    pyramid = build_fpn(ns, features, min_level=cfg.min_level, max_level=cfg.max_level,
+    levels = cfg.head_levels
+    pyramid = build_fpn(ns, features, min_level=levels[0], max_level=levels[-1],
                         width=cfg.fpn_width, lite=cfg.fpn_lite, batch_norm=cfg.fpn_batch_norm,
                         extra_levels_from=cfg.extra_levels_from)
-    num_anchors = num_anchors_per_location(cfg)
+    num_anchors = model_anchors_per_location(cfg)  # x levels min..max for a single-level neck
     maps = HEADS[cfg.head](ns, pyramid, num_classes=cfg.num_classes, num_anchors=num_anchors,
                            width=cfg.head_width, depth=cfg.head_depth, activation=cfg.activation,
                            prior_probability=cfg.prior_probability)

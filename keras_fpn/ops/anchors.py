@@ -21,6 +21,16 @@ Conventions (used by every function here):
 
 The public RetinaNet setting is ``anchor_scale=4``, ``scales_per_octave=3``,
 ``aspect_ratios=(0.5, 1.0, 2.0)`` on levels P3-P7 (9 anchors per location).
+
+Single-level heads (``on_level``, the FPN paper's Table 1 single-scale
+baselines): the anchors that levels ``min_level..max_level`` would carry all
+sit on the grid of the one level ``on_level`` (stride ``2**on_level``), so the
+head still covers every object size. Each location then has
+``(max_level - min_level + 1) * scales_per_octave * len(aspect_ratios)``
+anchors, ordered octave ``l`` (min -> max) -> scale ``k`` -> ratio, i.e. by
+ascending size ``anchor_scale * 2**(l + k / scales_per_octave)``; the sizes are
+exactly those of the per-level anchors. ``on_level == min_level == max_level``
+gives the same anchors as ``on_level=None``.
 """
 from __future__ import annotations
 
@@ -34,6 +44,8 @@ __all__ = [
     "num_anchors_per_location",
     "anchors_per_level",
     "generate_anchors",
+    "model_anchors",
+    "model_anchors_per_location",
 ]
 
 
@@ -83,8 +95,20 @@ def num_anchors_per_location(scales_per_octave: int, aspect_ratios: Sequence[flo
     return int(scales_per_octave) * len(aspect_ratios)
 
 
+def _grid_levels(min_level: int, max_level: int, on_level) -> list[tuple[int, int, int]]:
+    """``[(grid level, first octave, octaves per location)]``: each level with its own octave,
+    or the one ``on_level`` with the octaves of all levels ``min..max``."""
+    _check_levels(min_level, max_level)
+    if on_level is None:
+        return [(level, level, 1) for level in range(min_level, max_level + 1)]
+    if int(on_level) < 0:
+        raise ValueError(f"on_level must be >= 0, got {on_level}")
+    return [(int(on_level), min_level, max_level - min_level + 1)]
+
+
 def anchors_per_level(image_size: Sequence[int], min_level: int, max_level: int,
-                      scales_per_octave: int, aspect_ratios: Sequence[float]) -> dict[str, int]:
+                      scales_per_octave: int, aspect_ratios: Sequence[float], *,
+                      on_level: int | None = None) -> dict[str, int]:
     """Return the number of anchors on each level, keyed ``"P{l}"``.
 
     Args:
@@ -93,23 +117,23 @@ def anchors_per_level(image_size: Sequence[int], min_level: int, max_level: int,
         max_level: last pyramid level (inclusive).
         scales_per_octave: number of intermediate scales per octave.
         aspect_ratios: anchor aspect ratios (h / w).
+        on_level: put all anchors on this one level (see the module docstring).
 
     Returns:
-        Ordered dict ``{"P3": rows * cols * k, ...}``; the values sum to the
-        ``A`` of :func:`generate_anchors`.
+        Ordered dict ``{"P3": rows * cols * k, ...}`` (one entry with
+        ``on_level``); the values sum to the ``A`` of :func:`generate_anchors`.
     """
-    _check_levels(min_level, max_level)
     k = num_anchors_per_location(scales_per_octave, aspect_ratios)
     out = {}
-    for level in range(min_level, max_level + 1):
+    for level, _, octaves in _grid_levels(min_level, max_level, on_level):
         rows, cols = feature_map_size(image_size, level)
-        out[f"P{level}"] = rows * cols * k
+        out[f"P{level}"] = rows * cols * k * octaves
     return out
 
 
 def generate_anchors(image_size: Sequence[int], min_level: int, max_level: int,
                      anchor_scale: float, scales_per_octave: int,
-                     aspect_ratios: Sequence[float]) -> np.ndarray:
+                     aspect_ratios: Sequence[float], *, on_level: int | None = None) -> np.ndarray:
     """Generate the anchors of all pyramid levels (see the module conventions).
 
     Args:
@@ -119,13 +143,16 @@ def generate_anchors(image_size: Sequence[int], min_level: int, max_level: int,
         anchor_scale: base anchor size in units of the level stride (RetinaNet: 4).
         scales_per_octave: intermediate scales per octave (RetinaNet: 3).
         aspect_ratios: ratios ``h / w`` (RetinaNet: (0.5, 1.0, 2.0)).
+        on_level: None (each level carries its own anchors), or the one level
+            whose grid carries the anchors of all levels ``min..max``.
 
     Returns:
         ``[A, 4]`` float32 normalized ``[ymin, xmin, ymax, xmax]``, ordered
-        level -> y -> x -> (scale, ratio).
+        level -> y -> x -> (scale, ratio); with ``on_level``: y -> x ->
+        (octave, scale, ratio).
     """
     height, width = _check_image_size(image_size)
-    _check_levels(min_level, max_level)
+    grid = _grid_levels(min_level, max_level, on_level)
     num_anchors_per_location(scales_per_octave, aspect_ratios)  # validates
     if not anchor_scale > 0 or any(not r > 0 for r in aspect_ratios):
         raise ValueError(f"anchor_scale and aspect_ratios must be positive, got "
@@ -137,15 +164,16 @@ def generate_anchors(image_size: Sequence[int], min_level: int, max_level: int,
     unit_w = np.array([s / math.sqrt(r) for s in scales for r in aspect_ratios])
 
     per_level = []
-    for level in range(min_level, max_level + 1):
+    for level, first, octaves in grid:
         stride = 2.0 ** level
         rows, cols = feature_map_size((height, width), level)
-        base = anchor_scale * stride
-        half_h = 0.5 * base * unit_h  # (K,)
-        half_w = 0.5 * base * unit_w
+        # Base size of each octave carried here: the level's own, or those of min..max on one grid.
+        bases = anchor_scale * 2.0 ** (first + np.arange(octaves))  # (O,)
+        half_h = 0.5 * (bases[:, None] * unit_h).reshape(-1)  # (O * K,) octave-major
+        half_w = 0.5 * (bases[:, None] * unit_w).reshape(-1)
         cy = (np.arange(rows) + 0.5) * stride  # (rows,)
         cx = (np.arange(cols) + 0.5) * stride  # (cols,)
-        # (rows, 1, 1) x (1, cols, 1) x (1, 1, K) -> (rows, cols, K)
+        # (rows, 1, 1) x (1, cols, 1) x (1, 1, O * K) -> (rows, cols, O * K)
         cy = cy[:, None, None]
         cx = cx[None, :, None]
         ymin = (cy - half_h) / height
@@ -156,3 +184,26 @@ def generate_anchors(image_size: Sequence[int], min_level: int, max_level: int,
         # (rows, cols, K, 4) -> (rows * cols * K, 4): row-major keeps y -> x -> anchor
         per_level.append(np.stack([ymin, xmin, ymax, xmax], axis=-1).reshape(-1, 4))
     return np.concatenate(per_level, axis=0).astype(np.float32)
+
+
+def _on_level(model_cfg) -> int | None:
+    """The single grid level of a ``ModelConfig`` with a single-level neck, else None."""
+    return None if model_cfg.neck == "fpn" else model_cfg.head_levels[0]
+
+
+def model_anchors_per_location(model_cfg) -> int:
+    """Anchors per feature-map cell of a ``keras_fpn.config.ModelConfig`` (``neck`` aware)."""
+    octaves = 1 if _on_level(model_cfg) is None else model_cfg.max_level - model_cfg.min_level + 1
+    return octaves * num_anchors_per_location(model_cfg.scales_per_octave, model_cfg.aspect_ratios)
+
+
+def model_anchors(model_cfg) -> np.ndarray:
+    """``[A, 4]`` anchors of a ``keras_fpn.config.ModelConfig``, in its model's output order.
+
+    The one place that maps the config (``neck``, levels, anchor keys) to
+    :func:`generate_anchors`: training targets, evaluation, export and the
+    detector's head width all follow it.
+    """
+    return generate_anchors(tuple(model_cfg.image_size), model_cfg.min_level, model_cfg.max_level,
+                            model_cfg.anchor_scale, model_cfg.scales_per_octave,
+                            tuple(model_cfg.aspect_ratios), on_level=_on_level(model_cfg))

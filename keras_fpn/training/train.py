@@ -66,10 +66,10 @@ def load_datasets(cfg: Config):
 
 
 def model_anchors(model_cfg):
-    from keras_fpn.ops.anchors import generate_anchors
+    """The model's ``[A, 4]`` anchors (``keras_fpn.ops.anchors.model_anchors``, ``neck`` aware)."""
+    from keras_fpn.ops.anchors import model_anchors as anchors_of
 
-    return generate_anchors(model_cfg.image_size, model_cfg.min_level, model_cfg.max_level,
-                            model_cfg.anchor_scale, model_cfg.scales_per_octave, model_cfg.aspect_ratios)
+    return anchors_of(model_cfg)
 
 
 def training_pipeline(cfg: Config, dataset, *, training: bool, batch_size: int | None = None, seed=None):
