@@ -11,7 +11,14 @@ import numpy as np
 
 from fpn_edge.errors import EdgeError
 
-__all__ = ["benchmark", "peak_rss_mb", "current_rss_mb", "cpu_name", "latency_stats"]
+__all__ = ["benchmark", "peak_rss_mb", "current_rss_mb", "cpu_name", "cpu_int8_flags", "latency_stats"]
+
+#: CPU flags that decide which XNNPACK int8 kernels run (x86 ``/proc/cpuinfo`` "flags", arm64 "Features").
+#: Without an int8 dot product (AVX-512 VNNI, AVX-VNNI, arm64 asimddp) XNNPACK's int8 convolutions are
+#: not faster than its fp32 ones (benchmarks/results/int8_latency.md).
+INT8_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
+              "asimd", "asimddp", "i8mm", "sve")
+DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "asimddp")
 
 
 def peak_rss_mb() -> float | None:
@@ -46,6 +53,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_int8_flags() -> list:
+    """The int8-relevant ``INT8_FLAGS`` this CPU has (Linux ``/proc/cpuinfo``; [] elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("flags", "features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in INT8_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
 def latency_stats(ms) -> dict:
     """p50/p90/p99/mean/min/max of a sequence of milliseconds."""
     a = np.asarray(ms, dtype=np.float64)
@@ -77,7 +97,8 @@ def benchmark(model_path, *, threads: int | None = None, delegate: str | None = 
         A JSON-ready dict: model, model_size_bytes, backend, delegate, threads,
         runs, warmup, input, output_kind, latency_ms {invoke, end_to_end (when
         metadata)} each {p50, p90, p99, mean, min, max}, throughput_fps,
-        peak_rss_mb, rss_mb {after_warmup, end}, cpu, machine, python.
+        peak_rss_mb, rss_mb {after_warmup, end}, cpu, cpu_flags (the
+        int8-relevant ones), int8_dot_product, machine, python.
     """
     if runs < 1 or warmup < 0:
         raise EdgeError(f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})")
@@ -138,6 +159,7 @@ def benchmark(model_path, *, threads: int | None = None, delegate: str | None = 
     if det is not None:
         latency["end_to_end"] = latency_stats(e2e_ms)
     main = latency.get("end_to_end", latency["invoke"])
+    flags = cpu_int8_flags()
     return {
         "model": str(path),
         "model_size_bytes": path.stat().st_size,
@@ -153,6 +175,8 @@ def benchmark(model_path, *, threads: int | None = None, delegate: str | None = 
         "peak_rss_mb": peak_rss_mb(),
         "rss_mb": {"after_warmup": rss_after_warmup, "end": rss_end},
         "cpu": cpu_name(),
+        "cpu_flags": flags,
+        "int8_dot_product": any(f in flags for f in DOT_PRODUCT_FLAGS),
         "machine": platform.machine(),
         "python": platform.python_version(),
     }

@@ -272,7 +272,8 @@ def cmd_bench(args) -> int:
     lines = [f"model       {res['model']} ({res['model_size_bytes'] / 1e6:.2f} MB, "
              f"input {res['input']['shape']} {res['input']['dtype']}, output {res['output_kind']})",
              f"runtime     {res['backend']}, {res['delegate']}",
-             f"cpu         {res['cpu']} ({res['machine']})",
+             f"cpu         {res['cpu']} ({res['machine']}; {' '.join(res['cpu_flags']) or 'flags unknown'}; "
+             f"int8 dot product: {'yes' if res['int8_dot_product'] else 'no'})",
              f"runs        {res['runs']} (+{res['warmup']} warmup)",
              f"invoke      {_fmt_stats(lat['invoke'])}"]
     if "end_to_end" in lat:

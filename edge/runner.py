@@ -68,6 +68,7 @@ class ModelRunner:
         self._norm = np.zeros((1, h, w, 3), np.float32)
         self._qinput = (np.zeros((1, h, w, 3), self.input_dtype)
                         if self.input_dtype != np.float32 else None)
+        self._qwork = np.zeros((2, 1, h, w, 3), np.float32) if self._qinput is not None else None
         self._outputs = self._interp.get_output_details()
         self._out_details = {d["index"]: d for d in self._outputs}
 
@@ -122,7 +123,7 @@ class ModelRunner:
             self._interp.set_tensor(self._input["index"], self._norm)
         else:
             scale, zp = self._input["quantization"]
-            quantize(x, scale, zp, self.input_dtype, out=self._qinput)
+            quantize(x, scale, zp, self.input_dtype, out=self._qinput, work=self._qwork)
             self._interp.set_tensor(self._input["index"], self._qinput)
 
     def preprocess(self, image: np.ndarray):

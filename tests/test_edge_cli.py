@@ -123,6 +123,10 @@ def test_bench_json(models, images, capsys):
     assert set(res) >= {"model", "model_size_bytes", "backend", "delegate", "threads", "runs", "warmup",
                         "input", "output_kind", "latency_ms", "throughput_fps", "peak_rss_mb", "rss_mb", "cpu"}
     assert res["runs"] == 5 and res["threads"] == 1 and res["delegate"] == "cpu (XNNPACK, 1 thread)"
+    # int8 speed depends on the CPU's int8 dot product: recorded with every timing
+    from fpn_edge.bench import DOT_PRODUCT_FLAGS, INT8_FLAGS
+    assert set(res["cpu_flags"]) <= set(INT8_FLAGS)
+    assert res["int8_dot_product"] == any(f in res["cpu_flags"] for f in DOT_PRODUCT_FLAGS)
     assert res["model_size_bytes"] == models["pp_int8"].stat().st_size
     assert res["input"] == {"shape": [1, etm.H, etm.W, 3], "dtype": "uint8"}
     for k in ("invoke", "end_to_end"):

@@ -88,6 +88,31 @@ def test_quantize_rounds_half_away_and_saturates():
     np.testing.assert_array_equal(q8, [-2, -1, 1, 2, 127])
 
 
+def test_quantize_float32_rounding_equals_float64_reference():
+    # The float32 rounding must decide every tie and near-tie like the exact float64 rule
+    # (round half away from zero of the float32 quotient), including saturation and inf.
+    def reference(x, scale, zp, dtype):
+        info = np.iinfo(dtype)
+        v = (np.asarray(x, np.float32) / np.float32(scale)).astype(np.float64)
+        return np.clip(np.copysign(np.floor(np.abs(v) + 0.5), v) + zp, info.min, info.max).astype(dtype)
+
+    rng = np.random.default_rng(0)
+    halves = np.arange(-300, 300, dtype=np.float32) + np.float32(0.5)
+    near = np.concatenate([halves, np.nextafter(halves, np.float32(0)), np.nextafter(halves, np.float32(1e9)),
+                           np.float32([0.49999997, -0.49999997, 0.0, -0.0, 8388607.5, 1e30, -1e30, np.inf, -np.inf])])
+    for scale, zp, dtype in ((1 / 127.5, 127, np.uint8), (0.00784314, -1, np.int8), (0.5, 0, np.int8),
+                             (3.7, 200, np.uint8), (1.0, -128, np.int8)):
+        x = np.concatenate([near * np.float32(scale), rng.normal(0, 300 * scale, 20000).astype(np.float32),
+                            rng.normal(0, 1e-6, 100).astype(np.float32)])
+        out = np.empty(x.shape, dtype)
+        np.testing.assert_array_equal(quantize(x, scale, zp, dtype), reference(x, scale, zp, dtype))
+        assert quantize(x, scale, zp, dtype, out=out) is out
+        np.testing.assert_array_equal(out, reference(x, scale, zp, dtype))
+        out[:], work = 0, np.full((2,) + x.shape, np.nan, np.float32)   # the reused buffers of a runner
+        quantize(x, scale, zp, dtype, out=out, work=work)
+        np.testing.assert_array_equal(out, reference(x, scale, zp, dtype))
+
+
 def test_load_image_rules(tmp_path):
     # RGBA: composited over white in integer arithmetic
     rgba = np.zeros((4, 5, 4), np.uint8)
