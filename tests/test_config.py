@@ -81,3 +81,9 @@ def test_ablation_configs_differ_from_the_demo_only_in_the_neck():
         got = config_to_dict(cfg)
         got["model"]["neck"] = "fpn"
         assert got == demo, neck
+
+
+def test_exponent_without_dot_is_a_number():
+    # YAML 1.1 (PyYAML) reads `1e-5` as a string; a float key must still accept it
+    cfg = config_from_dict({}, ["export.qat_learning_rate=1e-5", "train.learning_rate=2E-3"])
+    assert cfg.export.qat_learning_rate == 1e-5 and cfg.train.learning_rate == 0.002
