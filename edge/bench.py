@@ -22,7 +22,19 @@ DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "asimddp")
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process in MiB (``resource.getrusage``), None where unavailable."""
+    """Peak resident set size of this process in MiB, None where unavailable.
+
+    Linux: ``VmHWM`` of ``/proc/self/status`` (``ru_maxrss`` would report a parent's
+    peak in a process started by a bigger one, e.g. a bench run from a TF process).
+    Elsewhere: ``resource.getrusage``.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows
