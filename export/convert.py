@@ -66,7 +66,8 @@ INT8_IO = ("uint8", "int8", "float32")
 
 __all__ = ["MODES", "CALIBRATED_MODES", "ExportError", "export_model", "export_detector",
            "convert_keras", "detector_metadata", "detector_anchors", "default_output_path",
-           "as_batch1", "representative_from_config", "train_data_from_config", "fix_shared_biases"]
+           "as_batch1", "representative_from_config", "train_data_from_config", "fix_shared_biases",
+           "check_export_args", "graph_to_convert", "write_export"]
 
 
 class ExportError(RuntimeError):
@@ -515,12 +516,109 @@ def _check_full_integer(data: bytes, mode: str, model, layer_names) -> None:
                           f"or export with --mode dynamic/fp16")
 
 
-# --------------------------------------------------------------------------- detector export
+# --------------------------------------------------------------------------- shared by every export
 
 def _resolve_mode_io(mode: str, int8_io: str) -> str:
     if mode == "edgetpu":
         return "uint8" if int8_io == "float32" else int8_io
     return int8_io
+
+
+def check_export_args(mode: str, config, labels, *, via: str, representative) -> None:
+    """The argument checks every export (detector or segmenter) makes before any work."""
+    if mode not in MODES:
+        raise ExportError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if via not in ("tf_keras", "keras"):
+        raise ExportError(f"via must be 'tf_keras' or 'keras', got {via!r}")
+    if len(labels) != config.model.num_classes:
+        raise ExportError(f"{len(labels)} labels but model.num_classes is {config.model.num_classes}")
+    if mode in CALIBRATED_MODES and representative is None:
+        raise ExportError(f"mode {mode!r} needs representative images (ExportConfig.representative_images)")
+
+
+def graph_to_convert(model, config, *, via: str = "tf_keras", quantize: bool = False,
+                     prune: Optional[float] = None, train_data=None, representative=None,
+                     losses=None) -> tuple:
+    """The batch-1 graph an export converts: the tf_keras twin, fine-tuned with tfmot for QAT / pruning.
+
+    With ``via="tf_keras"`` a Keras 3 model is replaced by its tf_keras twin
+    (``keras_fpn.models.twin.build_twin``: same builder, the trained weights).
+    QAT and pruning (``fpn_export.qat.optimize_twin``) need the twin with a
+    free batch dimension (``fit``), so it is built unbatched then, and a
+    batched tf_keras model is rebuilt unbatched; the representative images
+    initialize the QAT activation ranges.
+
+    Args:
+        model: the trained Keras 3 model (detector or segmenter) or its tf_keras twin.
+        config: the resolved ``Config`` the model was built from.
+        via: ``"tf_keras"`` or ``"keras"`` (convert the Keras 3 model as it is;
+            no QAT / pruning then).
+        quantize: quantization-aware fine-tuning (``qat-int8``).
+        prune: target sparsity, or None.
+        train_data: ``tf.data.Dataset`` of the task's training batches, or a
+            callable returning one (called only when fine-tuning).
+        representative: calibration images (as ``convert_keras``), or None.
+        losses: ``(losses, loss_weights)`` for the fine-tuning ``compile``
+            (default: the detection losses, see ``optimize_twin``).
+
+    Returns:
+        ``(model with a batch-1 input, its namespace (keras or tf_keras),
+        metadata dict: "via" + the fine-tuning info)``.
+    """
+    import tf_keras
+
+    training = quantize or prune is not None
+    what = " and ".join(n for n, on in (("qat-int8", quantize), ("--prune", prune is not None)) if on)
+    if training and via != "tf_keras":
+        raise ExportError(f"{what}: only on the tf_keras twin (tfmot rejects Keras 3 models)")
+    ns = _namespace(model)
+    if (via == "tf_keras" and ns is not tf_keras) or (training and model.inputs[0].shape[0] is not None):
+        from keras_fpn.models.twin import build_twin
+
+        model = build_twin(config.model, model, batch_size=None if training else 1)
+        ns = tf_keras
+    extra = {"via": "tf_keras" if ns is tf_keras else "keras"}
+    if training:
+        from fpn_export.qat import optimize_twin
+
+        if train_data is None:
+            raise ExportError(f"{what} needs training data (data.train in the run's config)")
+        data = train_data() if callable(train_data) else train_data
+        calib = _representative_fn(representative, *config.model.image_size) if representative is not None else None
+        model, train_info = optimize_twin(
+            model, data, config=config, quantize=quantize, prune=prune, losses=losses,
+            calibration=(lambda: (x[0] for x in calib())) if calib is not None else None)
+        extra.update(train_info)
+    return as_batch1(model), ns, extra
+
+
+def write_export(data: bytes, meta: dict, out, *, anchors=None, report: bool = False,
+                 started: Optional[float] = None) -> Path:
+    """Attach the metadata and write ``out`` atomically; the Edge TPU op report beside it when asked.
+
+    ``report`` (always for mode ``edgetpu``) writes ``<stem>_edgetpu_report``;
+    ``started`` (a ``time.perf_counter()`` value) only times the log line.
+    """
+    from fpn_edge.metadata import write_metadata
+
+    out = Path(out)
+    mode = meta["export"]["mode"]
+    try:
+        path = write_metadata(data, meta, anchors, out)
+    except Exception as exc:
+        raise ExportError(f"{out}: writing the model failed ({exc})") from exc
+    if report or mode == "edgetpu":
+        from fpn_export.edgetpu import check_edgetpu
+
+        rep = check_edgetpu(path)
+        rep.write(out.with_name(out.stem + "_edgetpu_report"))
+        logger.info("%s", rep.to_text())
+    took = f", {time.perf_counter() - started:.1f} s" if started is not None else ""
+    logger.info("exported %s (%s%s, %d bytes)", path, mode, took, path.stat().st_size)
+    return path
+
+
+# --------------------------------------------------------------------------- detector export
 
 
 def export_detector(model, config, labels, mode: str, *, out, raw: bool = False,
@@ -563,18 +661,10 @@ def export_detector(model, config, labels, mode: str, *, out, raw: bool = False,
         ExportError: a clear one-line reason (bad arguments, missing data, the
             failing op/layer of a conversion).
     """
-    import tf_keras
-
-    from fpn_edge.metadata import write_metadata
     from fpn_export.postprocess_op import attach_postprocess, patch_postprocess_options
 
-    if mode not in MODES:
-        raise ExportError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if via not in ("tf_keras", "keras"):
-        raise ExportError(f"via must be 'tf_keras' or 'keras', got {via!r}")
+    check_export_args(mode, config, labels, via=via, representative=representative)
     mcfg = config.model
-    if len(labels) != mcfg.num_classes:
-        raise ExportError(f"{len(labels)} labels but model.num_classes is {mcfg.num_classes}")
     if prune is not None and not 0.0 < float(prune) < 1.0:
         raise ExportError(f"--prune sparsity must be in (0, 1), got {prune}")
     if keep_float and not debug:
@@ -582,45 +672,14 @@ def export_detector(model, config, labels, mode: str, *, out, raw: bool = False,
     if keep_float and mode == "edgetpu":
         raise ExportError("keep_float makes a partly float model; the Edge TPU needs full integer")
     qat_mode = mode == "qat-int8"
-    needs_training = qat_mode or prune is not None
-    if needs_training and via == "keras":
-        raise ExportError("qat-int8 and --prune work on the tf_keras twin (tfmot rejects Keras 3 models)")
-    if mode in CALIBRATED_MODES and representative is None:
-        raise ExportError(f"mode {mode!r} needs representative images (ExportConfig.representative_images)")
     out = Path(out)
     int8_io = _resolve_mode_io(mode, config.export.int8_io)
     anchors = detector_anchors(mcfg)
     t0 = time.perf_counter()
 
     # 1. The graph to convert: the tf_keras twin (RESIZE_NEAREST_NEIGHBOR upsampling), batch 1.
-    ns = _namespace(model)
-    if via == "tf_keras" and ns is not tf_keras:
-        from keras_fpn.models.twin import build_twin
-
-        model = build_twin(mcfg, model, batch_size=None if needs_training else 1)
-        ns = tf_keras
-    extra = {"via": "tf_keras" if ns is tf_keras else "keras"}
-    if needs_training and model.inputs[0].shape[0] is not None:
-        # fit() needs a free batch dimension: rebuild the twin unbatched and copy the weights.
-        from keras_fpn.models.detector import build_detector
-        from keras_fpn.models.twin import copy_weights
-
-        unbatched = build_detector(mcfg, ns=tf_keras, batch_size=None, backbone_weights=None)
-        copy_weights(model, unbatched)
-        model = unbatched
-    if needs_training:
-        from fpn_export.qat import optimize_twin
-
-        if train_data is None:
-            raise ExportError(f"{'qat-int8' if qat_mode else '--prune'} needs training data "
-                              "(data.train in the run's config)")
-        data = train_data() if callable(train_data) else train_data
-        calib = _representative_fn(representative, *mcfg.image_size) if representative is not None else None
-        model, train_info = optimize_twin(
-            model, data, config=config, quantize=qat_mode, prune=prune,
-            calibration=(lambda: (x[0] for x in calib())) if calib is not None else None)
-        extra.update(train_info)
-    model = as_batch1(model)
+    model, ns, extra = graph_to_convert(model, config, via=via, quantize=qat_mode, prune=prune,
+                                        train_data=train_data, representative=representative)
     if not raw:
         model = attach_postprocess(model, anchors, num_classes=mcfg.num_classes,
                                    scale_factors=mcfg.box_scale_factors,
@@ -658,19 +717,7 @@ def export_detector(model, config, labels, mode: str, *, out, raw: bool = False,
     meta = detector_metadata(config, labels, output="raw" if raw else "postprocess", mode=mode, extra=extra)
     if raw:
         meta["output_tensors"] = _raw_output_tensors(data)
-    try:
-        path = write_metadata(data, meta, anchors if raw else None, out)
-    except Exception as exc:
-        raise ExportError(f"{out}: writing the model failed ({exc})") from exc
-    if report or mode == "edgetpu":
-        from fpn_export.edgetpu import check_edgetpu
-
-        rep = check_edgetpu(path)
-        rep.write(out.with_name(out.stem + "_edgetpu_report"))
-        logger.info("%s", rep.to_text())
-    logger.info("exported %s (%s, %.1f s, %d bytes)", path, mode, time.perf_counter() - t0,
-                path.stat().st_size)
-    return path
+    return write_export(data, meta, out, anchors=anchors if raw else None, report=report, started=t0)
 
 
 def _raw_output_tensors(data: bytes) -> dict:

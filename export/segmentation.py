@@ -1,7 +1,8 @@
 """TFLite export of keras-fpn semantic segmenters (``model.task: segmentation``) and their evaluation.
 
 ``export_segmenter`` follows ``fpn_export.convert.export_detector`` and shares
-its machinery (``convert_keras``, the tf_keras twin, ``fpn_export.qat``):
+its machinery (``check_export_args``, ``graph_to_convert`` (the tf_keras twin,
+``fpn_export.qat``), ``convert_keras``, ``write_export``):
 
 * modes: every mode of ``fpn_export.convert.MODES`` (``fp32``, ``fp16``,
   ``dynamic``, ``int8``, ``int16x8``, ``qat-int8``, ``edgetpu``); pruning and
@@ -28,19 +29,15 @@ metrics as ``keras-fpn evaluate``), for float vs int8 comparisons.
 """
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Optional
 
-from fpn_export.convert import (CALIBRATED_MODES, MODES, ExportError, _namespace, _normalization,
-                                _read_split, _representative_fn, _resolve_mode_io, as_batch1,
-                                convert_keras)
-
-logger = logging.getLogger("fpn_export")
+from fpn_export.convert import (ExportError, _normalization, _read_split, _resolve_mode_io,
+                                check_export_args, convert_keras, graph_to_convert, write_export)
 
 __all__ = ["export_segmenter", "segmentation_metadata", "seg_train_data_from_config",
-           "tf_keras_seg_losses", "evaluate_tflite"]
+           "tf_keras_seg_losses", "tflite_class_maps", "evaluate_tflite"]
 
 
 def segmentation_metadata(config, labels, *, mode: str, extra: Optional[dict] = None) -> dict:
@@ -121,50 +118,22 @@ def export_segmenter(model, config, labels, mode: str, *, out, representative=No
     Returns:
         The written path.
     """
-    import tf_keras
-
-    from fpn_edge.metadata import write_metadata
-
-    if mode not in MODES:
-        raise ExportError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    check_export_args(mode, config, labels, via=via, representative=representative)
     unsupported = [name for name, on in (("--raw", raw), ("--prune", prune is not None),
                                          ("--debug/--keep-float", debug)) if on]
     if unsupported:
         raise ExportError(f"{', '.join(unsupported)}: not available for segmentation models "
                           "(they always export raw seg_logits)")
-    if via not in ("tf_keras", "keras"):
-        raise ExportError(f"via must be 'tf_keras' or 'keras', got {via!r}")
-    mcfg = config.model
-    if mcfg.task != "segmentation":
-        raise ExportError(f"export_segmenter needs model.task 'segmentation', got {mcfg.task!r}")
-    if len(labels) != mcfg.num_classes:
-        raise ExportError(f"{len(labels)} labels but model.num_classes is {mcfg.num_classes}")
+    if config.model.task != "segmentation":
+        raise ExportError(f"export_segmenter needs model.task 'segmentation', got {config.model.task!r}")
     qat_mode = mode == "qat-int8"
-    if qat_mode and via == "keras":
-        raise ExportError("qat-int8 works on the tf_keras twin (tfmot rejects Keras 3 models)")
-    if mode in CALIBRATED_MODES and representative is None:
-        raise ExportError(f"mode {mode!r} needs representative images (ExportConfig.representative_images)")
-    out = Path(out)
     t0 = time.perf_counter()
 
-    ns = _namespace(model)
-    if via == "tf_keras" and ns is not tf_keras:
-        from keras_fpn.models.twin import build_twin
-
-        model = build_twin(mcfg, model, batch_size=None if qat_mode else 1)
-        ns = tf_keras
-    extra = {"via": "tf_keras" if ns is tf_keras else "keras"}
-    if qat_mode:
-        from fpn_export.qat import optimize_twin
-
-        data = seg_train_data_from_config(config) if train_data is None else train_data
-        data = data() if callable(data) else data
-        calib = _representative_fn(representative, *mcfg.image_size) if representative is not None else None
-        model, train_info = optimize_twin(
-            model, data, config=config, quantize=True, losses=tf_keras_seg_losses(config),
-            calibration=(lambda: (x[0] for x in calib())) if calib is not None else None)
-        extra.update(train_info)
-    model = as_batch1(model)
+    if train_data is None:
+        train_data = lambda: seg_train_data_from_config(config)  # noqa: E731  (only QAT calls it)
+    model, _, extra = graph_to_convert(model, config, via=via, quantize=qat_mode, train_data=train_data,
+                                       representative=representative,
+                                       losses=tf_keras_seg_losses(config) if qat_mode else None)
 
     integer = mode in ("int8", "edgetpu", "qat-int8")
     io = _resolve_mode_io(mode, config.export.int8_io) if integer else "float32"
@@ -172,18 +141,28 @@ def export_segmenter(model, config, labels, mode: str, *, out, representative=No
                                postprocess=False, qat=qat_mode)
     extra.update({"io_dtype": io, "convert_s": round(info["convert_s"], 2)})
     meta = segmentation_metadata(config, labels, mode=mode, extra=extra)
-    try:
-        path = write_metadata(data, meta, None, out)
-    except Exception as exc:
-        raise ExportError(f"{out}: writing the model failed ({exc})") from exc
-    if report or mode == "edgetpu":
-        from fpn_export.edgetpu import check_edgetpu
+    return write_export(data, meta, out, report=report, started=t0)
 
-        rep = check_edgetpu(path)
-        rep.write(out.with_name(out.stem + "_edgetpu_report"))
-        logger.info("%s", rep.to_text())
-    logger.info("exported %s (%s, %.1f s, %d bytes)", path, mode, time.perf_counter() - t0, path.stat().st_size)
-    return path
+
+def tflite_class_maps(model_path, dataset, *, threads: Optional[int] = None):
+    """Run an exported segmenter (``fpn_edge.Segmenter``) over a dataset.
+
+    Yields:
+        ``(record, class map uint8 [h, w] of the original image)`` in dataset order.
+
+    Raises:
+        ExportError: the model's labels are not ``["background", *dataset labels]``.
+    """
+    from fpn_edge.segmenter import Segmenter
+    from keras_fpn.data.images import load_image
+    from keras_fpn.seg_evaluation import class_names
+
+    seg = Segmenter.from_file(model_path, threads=threads)
+    names = class_names(dataset.label_map.names)
+    if seg.labels != names:
+        raise ExportError(f"{model_path}: model labels {seg.labels} differ from the dataset's {names}")
+    for record in dataset.records:
+        yield record, seg.segment(load_image(record.image_path))
 
 
 def evaluate_tflite(model_path, dataset, *, tolerance: Optional[int] = None, threads: Optional[int] = None,
@@ -201,18 +180,8 @@ def evaluate_tflite(model_path, dataset, *, tolerance: Optional[int] = None, thr
     Returns:
         ``keras_fpn.seg_evaluation.SegmentationMetrics.result()``.
     """
-    from fpn_edge.segmenter import Segmenter
-    from keras_fpn.data.images import load_image
-    from keras_fpn.data.masks import rasterize_class_map
-    from keras_fpn.seg_evaluation import BOUNDARY_TOLERANCE, SegmentationMetrics, class_names
+    from keras_fpn.seg_evaluation import BOUNDARY_TOLERANCE, score_class_maps
 
-    seg = Segmenter.from_file(model_path, threads=threads)
-    names = class_names(dataset.label_map.names)
-    if seg.labels != names:
-        raise ExportError(f"{model_path}: model labels {seg.labels} differ from the dataset's {names}")
-    metrics = SegmentationMetrics(names, ignore_label=ignore_label,
-                                  tolerance=BOUNDARY_TOLERANCE if tolerance is None else tolerance)
-    for record in dataset.records:
-        pred = seg.segment(load_image(record.image_path))
-        metrics.update(rasterize_class_map(record, ignore_label=ignore_label), pred)
-    return metrics.result()
+    return score_class_maps(tflite_class_maps(model_path, dataset, threads=threads), dataset.label_map.names,
+                            ignore_label=ignore_label,
+                            tolerance=BOUNDARY_TOLERANCE if tolerance is None else tolerance)

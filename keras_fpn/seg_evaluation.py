@@ -234,13 +234,25 @@ def predict_class_maps(model, dataset, model_cfg, *, batch_size: int = 8, progre
             yield by_id[int(info["image_id"][i])], pred
 
 
+def score_class_maps(pairs, labels, *, ignore_label: int = 255, tolerance: int = BOUNDARY_TOLERANCE) -> dict:
+    """``SegmentationMetrics.result()`` of predicted class maps against their records' ground truth.
+
+    Args:
+        pairs: iterable of ``(record, class map uint8 [h, w])`` (``predict_class_maps``,
+            ``fpn_export.segmentation.tflite_class_maps``).
+        labels: the dataset's C foreground names (``background`` is added).
+        ignore_label, tolerance: as ``SegmentationMetrics``.
+    """
+    from keras_fpn.data.masks import rasterize_class_map
+
+    metrics = SegmentationMetrics(class_names(labels), ignore_label=ignore_label, tolerance=tolerance)
+    for record, pred in pairs:
+        metrics.update(rasterize_class_map(record, ignore_label=ignore_label), pred)
+    return metrics.result()
+
+
 def evaluate_segmentation(model, dataset, model_cfg, *, batch_size: int = 8,
                           tolerance: int = BOUNDARY_TOLERANCE, progress: bool = False) -> dict:
     """mIoU, per-class IoU and boundary F of a Keras segmenter on a dataset (``SegmentationMetrics.result``)."""
-    from keras_fpn.data.masks import rasterize_class_map
-
-    metrics = SegmentationMetrics(class_names(dataset.label_map.names), ignore_label=model_cfg.ignore_label,
-                                  tolerance=tolerance)
-    for record, pred in predict_class_maps(model, dataset, model_cfg, batch_size=batch_size, progress=progress):
-        metrics.update(rasterize_class_map(record, ignore_label=model_cfg.ignore_label), pred)
-    return metrics.result()
+    return score_class_maps(predict_class_maps(model, dataset, model_cfg, batch_size=batch_size, progress=progress),
+                            dataset.label_map.names, ignore_label=model_cfg.ignore_label, tolerance=tolerance)

@@ -36,3 +36,60 @@ def mobilenet_v2_weights(shared_data) -> dict:
 @pytest.fixture(scope="session")
 def raccoon_dir(shared_data) -> Path:
     return _require(shared_data / "raccoon")
+
+
+#: A tiny segmenter that learns something in 40 steps (64 px, MobileNetV2 0.35 from scratch, P3-P5 + C2 skip;
+#: BN momentum 0.9 so that the moving statistics follow the short run); QAT: 2 steps of batch 2.
+TINY_SEG_CONFIG = """
+model:
+  task: segmentation
+  backbone_alpha: 0.35
+  backbone_weights: null
+  image_size: [64, 64]
+  min_level: 3
+  max_level: 5
+  fpn_width: 16
+  seg_width: 16
+  seg_c2_skip: true
+  bn_momentum: 0.9
+data:
+  train: data/train.json
+  val: data/val.json
+  cache: false
+train:
+  epochs: 1
+  steps_per_epoch: 40
+  batch_size: 4
+  optimizer: adamw
+  learning_rate: 0.003
+  warmup_epochs: 0.1
+  eval_every: 1
+  checkpoint_metric: val_mIoU
+  dice_weight: 0.5
+export:
+  representative_images: 4
+  qat_steps: 2
+  qat_batch_size: 2
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_seg_run(tmp_path_factory) -> Path:
+    """A segmentation run directory trained through the CLI on 16 + 4 synthetic 64 px images (shared, once)."""
+    from keras_fpn.cli import main
+    from keras_fpn.data.synthetic import generate_synthetic_coco
+
+    root = tmp_path_factory.mktemp("tiny_seg")
+    generate_synthetic_coco(root / "data", num_train=16, num_val=4, image_size=64, seed=2, masks=True)
+    (root / "tiny.yaml").write_text(TINY_SEG_CONFIG)
+    run = root / "run"
+    assert main(["train", str(root / "tiny.yaml"), "--run-dir", str(run), "--quiet"]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_seg_exports(tiny_seg_run) -> dict:
+    """``{mode: path}``: fp32, int8 and qat-int8 exports of ``tiny_seg_run`` (RUN/model_<mode>.tflite, once)."""
+    from fpn_export.convert import export_model
+
+    return {mode: export_model(tiny_seg_run, mode) for mode in ("fp32", "int8", "qat-int8")}

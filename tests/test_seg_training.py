@@ -6,45 +6,11 @@ import pytest
 
 from keras_fpn.cli import main
 
-TINY = """
-model:
-  task: segmentation
-  backbone_alpha: 0.35
-  backbone_weights: null
-  image_size: [64, 64]
-  min_level: 3
-  max_level: 5
-  fpn_width: 16
-  seg_width: 16
-  seg_c2_skip: true
-data:
-  train: data/train.json
-  val: data/val.json
-  cache: false
-train:
-  epochs: 1
-  steps_per_epoch: 2
-  batch_size: 2
-  optimizer: adamw
-  learning_rate: 0.001
-  eval_every: 1
-  checkpoint_metric: val_mIoU
-  dice_weight: 0.5
-export:
-  representative_images: 4
-"""
-
 
 @pytest.fixture(scope="module")
-def seg_run(tmp_path_factory):
-    from keras_fpn.data.synthetic import generate_synthetic_coco
-
-    root = tmp_path_factory.mktemp("segtrain")
-    generate_synthetic_coco(root / "data", num_train=8, num_val=4, image_size=64, seed=2, masks=True)
-    (root / "tiny.yaml").write_text(TINY)
-    run = root / "run"
-    assert main(["train", str(root / "tiny.yaml"), "--run-dir", str(run), "--quiet"]) == 0
-    return run
+def seg_run(tiny_seg_run):
+    """The shared tiny segmentation run (conftest.TINY_SEG_CONFIG: 1 epoch, 4 val images)."""
+    return tiny_seg_run
 
 
 def test_train_logs_and_checkpoints_by_miou(seg_run):

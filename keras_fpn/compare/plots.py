@@ -1,4 +1,4 @@
-"""PNG plots of a compare report (matplotlib, Agg backend)."""
+"""PNG plots of a compare report (matplotlib, Agg backend), for either task (``report.TaskReport``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,55 +23,109 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
-def _bar_ap(plt, variants, out):
+def plot_files(task) -> list:
+    """``[(title, file name)]`` of the plots ``write_plots`` writes for a task, the side-by-side last.
+
+    Detection: ap_per_variant, ap_vs_latency, ap_vs_size, per_class_ap;
+    segmentation: miou_per_variant, miou_vs_latency, miou_vs_size, per_class_iou; then side_by_side.
+    """
+    m, stem = task.metric, task.metric.lower()
+    per_class = task.per_class[0][0]
+    return [(f"{m} per variant", f"{stem}_per_variant.png"), (f"{m} vs latency", f"{stem}_vs_latency.png"),
+            (f"{m} vs size", f"{stem}_vs_size.png"), (f"per-class {per_class}", f"per_class_{per_class.lower()}.png"),
+            (f"float vs int8 {task.side_by_side}", "side_by_side.png")]
+
+
+def _bar(plt, variants, metrics, path):
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = [v["variant"] for v in variants]
-    for k, (metric, off) in enumerate((("AP", -0.2), ("AP50", 0.2))):
-        ax.bar(np.arange(len(names)) + off, [v[metric] for v in variants], width=0.4, label=metric)
+    width = 0.8 / len(metrics)
+    for k, metric in enumerate(metrics):
+        off = (k - (len(metrics) - 1) / 2) * width
+        ax.bar(np.arange(len(names)) + off, [v[metric] or 0 for v in variants], width=width, label=metric)
     ax.set_xticks(np.arange(len(names)), names)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("COCO metric")
     ax.legend()
     ax.set_title("Accuracy per variant")
-    _save(fig, out / "ap_per_variant.png")
+    _save(fig, path)
     plt.close(fig)
 
 
-def _scatter(plt, variants, out, key, label, filename):
+def _scatter(plt, variants, metric, key, label, path):
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for v in variants:
-        x = v[key] / 1e6 if key == "size_bytes" else v[key]
+        x = v[key] / 1e6 if key == "size_bytes" and v[key] is not None else v[key]
         if x is None:
             continue
-        ax.scatter(x, v["AP"], s=40)
-        ax.annotate(v["variant"], (x, v["AP"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.scatter(x, v[metric], s=40)
+        ax.annotate(v["variant"], (x, v[metric]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel(label)
-    ax.set_ylabel("COCO AP")
+    ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    _save(fig, out / filename)
+    _save(fig, path)
     plt.close(fig)
 
 
-def _per_class(plt, variants, out):
+def _per_class(plt, variants, metric, key, path):
+    from keras_fpn.compare.report import per_class_value
+
     names = list(variants[0]["per_class"])
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 3.5))
     width = 0.8 / len(variants)
     for k, v in enumerate(variants):
+        values = [per_class_value(v["per_class"][n], key) for n in names]
         ax.bar(np.arange(len(names)) + (k - (len(variants) - 1) / 2) * width,
-               [max(v["per_class"][n], 0) for n in names], width=width, label=v["variant"])
+               [max(x, 0) if x is not None else 0 for x in values], width=width, label=v["variant"])
     ax.set_xticks(np.arange(len(names)), names, rotation=30 if len(names) > 6 else 0)
-    ax.set_ylabel("AP")
+    ax.set_ylabel(metric)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
-    ax.set_title("Per-class AP before / after quantization")
-    _save(fig, out / "per_class_ap.png")
+    ax.set_title(f"Per-class {metric} before / after quantization")
+    _save(fig, path)
     plt.close(fig)
 
 
-def _side_by_side(plt, report, out, dataset, results, labels):
+def _detections_drawn(image, record, results, dataset, labels):
     from fpn_edge.draw import draw_detections
+
+    dets = [{"box_xyxy": [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]],
+             "class_id": dataset.label_map.from_source(r["category_id"]),
+             "label": labels[dataset.label_map.from_source(r["category_id"])], "score": r["score"]}
+            for r in results if r["image_id"] == record.image_id and r["score"] >= 0.3]
+    return draw_detections(image, dets), f"{len(dets)} detections (score >= 0.3)"
+
+
+def _class_map_drawn(image, record, results, dataset, labels):
+    from fpn_edge.draw import draw_segmentation
+    from keras_fpn.seg_evaluation import class_names
+
+    class_map = results.get(record.image_id)
+    if class_map is None:
+        return image, "not segmented"
+    present = len(np.unique(class_map[class_map != 0]))
+    # the class colours go in a figure legend (_class_legend): an in-image legend hides small images
+    return draw_segmentation(image, class_map, class_names(labels), legend=False), f"{present} classes present"
+
+
+def _class_legend(fig, labels):
+    from matplotlib.patches import Patch
+
+    from fpn_edge.draw import segmentation_palette
+    from keras_fpn.seg_evaluation import class_names
+
+    names = class_names(labels)
+    palette = segmentation_palette(len(names))
+    fig.legend(handles=[Patch(color=palette[k] / 255.0, label=n) for k, n in enumerate(names) if k],
+               loc="lower center", ncol=min(6, len(names) - 1), fontsize=8)
+
+
+_DRAW = {"detection": _detections_drawn, "segmentation": _class_map_drawn}
+
+
+def _side_by_side(plt, report, task, path, dataset, results, labels):
     from keras_fpn.data.images import load_image
 
+    draw = _DRAW[task.task]
     quantized = [v["variant"] for v in report["variants"] if "int8" in v["variant"]]
     right = quantized[0] if quantized else report["variants"][-1]["variant"]
     records = dataset.records[:SIDE_BY_SIDE_IMAGES]
@@ -79,23 +133,29 @@ def _side_by_side(plt, report, out, dataset, results, labels):
     for row, record in zip(axes, records):
         image = load_image(record.image_path)
         for ax, variant in zip(row, ("float (Keras)", right)):
-            dets = [{"box_xyxy": [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]],
-                     "class_id": dataset.label_map.from_source(r["category_id"]),
-                     "label": labels[dataset.label_map.from_source(r["category_id"])], "score": r["score"]}
-                    for r in results[variant] if r["image_id"] == record.image_id and r["score"] >= 0.3]
-            ax.imshow(draw_detections(image, dets))
-            ax.set_title(f"{variant}: {len(dets)} detections (score >= 0.3)", fontsize=9)
+            drawn, what = draw(image, record, results[variant], dataset, labels)
+            ax.imshow(drawn)
+            ax.set_title(f"{variant}: {what}", fontsize=9)
             ax.axis("off")
-    _save(fig, out / "side_by_side.png")
+    if task.task == "segmentation":
+        _class_legend(fig, labels)
+    _save(fig, path)
     plt.close(fig)
 
 
-def write_plots(report: dict, out: Path, *, dataset, results: dict, labels) -> None:
-    """Write ap_per_variant, ap_vs_latency, ap_vs_size, per_class_ap and side_by_side PNGs."""
+def write_plots(report: dict, out: Path, *, task, dataset, results: dict, labels) -> None:
+    """Write the PNGs of ``plot_files(task)`` into ``out``.
+
+    ``results`` maps a variant to what ``task.evaluate_*`` returned: COCO
+    results (detection) or ``{image_id: class map}`` (segmentation).
+    """
     plt = _plt()
     variants = report["variants"]
-    _bar_ap(plt, variants, out)
-    _scatter(plt, variants, out, "latency_ms_p50", "latency p50 (ms, end to end)", "ap_vs_latency.png")
-    _scatter(plt, variants, out, "size_bytes", "model size (MB)", "ap_vs_size.png")
-    _per_class(plt, variants, out)
-    _side_by_side(plt, report, out, dataset, results, labels)
+    files = [out / f for _, f in plot_files(task)]
+    m = task.metric
+    _bar(plt, variants, task.bars, files[0])
+    _scatter(plt, variants, m, "latency_ms_p50", "latency p50 (ms, end to end)", files[1])
+    _scatter(plt, variants, m, "size_bytes", "model size (MB)", files[2])
+    name, key = task.per_class[0]
+    _per_class(plt, variants, name, key, files[3])
+    _side_by_side(plt, report, task, files[4], dataset, results, labels)

@@ -1,9 +1,20 @@
 """``keras-fpn compare``: what quantization cost, measured the way a device runs it.
 
 For the float Keras model and every exported .tflite variant of a run, on one
-validation set: COCO metrics (pycocotools), per-class AP, the AP ratio to
-float, latency through ``fpn_edge`` (XNNPACK, the given threads), model size,
-and how many confident float detections changed.
+validation set: the task's accuracy metrics, their ratio to float, latency
+through ``fpn_edge`` (XNNPACK, the given threads), model size, and how much of
+the float model's output changed. One flow (``compare_run``) and one report
+layout serve both tasks; a ``TaskReport`` says what differs:
+
+* **detection**: COCO metrics (pycocotools), per-class AP, ``AP_ratio``, and
+  *changed detections* (below); variants run through ``fpn_edge.Detector``.
+* **segmentation** (``model.task: segmentation``): mIoU, pixel accuracy and
+  boundary F at ``BOUNDARY_TOLERANCE`` px (``keras_fpn.seg_evaluation``, at the
+  original image resolution), per-class IoU and boundary F, ``mIoU_ratio`` and
+  ``boundary_F_ratio``, and *changed pixels*: pixels of the original images
+  whose class differs from the float Keras model's (the float class maps are
+  kept in memory for this, one byte per pixel); variants run through
+  ``fpn_edge.Segmenter``.
 
 *Changed detections* (per variant, against the float Keras model): every float
 detection with score >= ``CONFIDENT`` (0.3) is paired with the variant's
@@ -14,23 +25,34 @@ more than ~5 % of its size), **changed class** when no same-class detection
 has IoU >= 0.5 but one of another class does, and **lost** otherwise. Confident variant detections that pair
 with no float detection are **new**.
 
-Writes ``report.json`` (stable keys, see ``REPORT_KEYS``), ``report.md`` and
-the plots of ``plots.py`` into the output folder.
+Writes ``report.json`` (stable keys: ``REPORT_KEYS`` per detection variant,
+``SEG_REPORT_KEYS`` per segmentation variant; top level ``run``, ``task``,
+``metric``, ``dataset``, ``cpu``, ``threads``, ``variants``, ``rules``),
+``report.md`` and the plots of ``plots.py`` into the output folder.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+
+from keras_fpn.seg_evaluation import BOUNDARY_TOLERANCE
 
 CONFIDENT = 0.3
 MATCH_IOU = 0.5
 MOVED_IOU = 0.9
 REPORT_KEYS = ("variant", "file", "size_bytes", "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
                "AP_ratio", "per_class", "latency_ms_p50", "latency_ms_p90", "threads", "changes")
+SEG_REPORT_KEYS = ("variant", "file", "size_bytes", "mIoU", "pixel_accuracy", "boundary_F", "mIoU_ratio",
+                   "boundary_F_ratio", "per_class", "latency_ms_p50", "latency_ms_p90", "threads", "changes")
+#: class maps kept per TFLite variant for the side-by-side plot
+KEPT_MAPS = 3
 
 
 def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -95,26 +117,194 @@ def tflite_results(model_path, dataset, *, threads: int | None, score_threshold:
     return results
 
 
-def keras_latency_ms(model, image_size, runs: int = 20) -> dict:
-    """p50/p90 latency of one batch-1 Keras forward pass (model only)."""
-    x = np.zeros((1, *image_size, 3), np.float32)
-    model(x, training=False)
+def keras_latency_ms(model, image_size, runs: int = 20, *, traced: bool = False) -> dict:
+    """p50/p90 latency of one batch-1 Keras forward pass (model only).
+
+    ``traced``: time a ``tf.function`` of the call (traced once, untimed)
+    instead of the eager call. Eager Keras dispatches op by op: on the 64 px
+    test segmenter an eager call took ~1 s against ~20 ms traced (2 loaded
+    cores), which measures Python rather than the model; ``compare_run``
+    reports the traced number.
+    """
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False)) if traced else \
+        (lambda x: model(x, training=False))
+    x = tf.zeros((1, *image_size, 3), tf.float32)
+    forward(x)
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        model(x, training=False)
+        forward(x)
         times.append((time.perf_counter() - t) * 1e3)
     return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
 
 
-def _row(variant: str, file, metrics: dict, float_ap: float | None, latency: dict, threads, changes) -> dict:
-    size = os.path.getsize(file) if file else None
-    ratio = (metrics["AP"] / float_ap) if float_ap else None
-    return {"variant": variant, "file": str(file) if file else None, "size_bytes": size,
-            **{k: metrics[k] for k in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")},
-            "AP_ratio": ratio, "per_class": metrics["per_class"],
-            "latency_ms_p50": latency["p50"], "latency_ms_p90": latency["p90"], "threads": threads,
-            "changes": changes}
+# --------------------------------------------------------------------------- per task
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """What ``compare_run`` measures and reports for one ``model.task``.
+
+    Attributes:
+        task: the ``model.task`` value.
+        metric: the headline metric (plots).
+        metrics: the metric keys copied into every row.
+        ratios: metrics also reported as a ratio to float (row key ``<metric>_ratio``).
+        keys: the keys of a row, in order.
+        table: ``(header, row key)`` columns of the headline table before latency and size
+            (keys ending in ``_ratio`` are shown in percent).
+        changes_header: headline column of ``format_changes``.
+        per_class: ``(metric name, key in a per_class entry or None for the entry itself)``,
+            one per-class table each (the first one is plotted).
+        bars: the metrics of the bar plot.
+        evaluate_keras: ``(model, dataset, config) -> (metrics, results)``.
+        evaluate_tflite: ``(path, dataset, config, threads, float results) -> (metrics, results, changes)``.
+        format_changes: a row's ``changes`` -> headline cell.
+        postprocess: what the end-to-end latency includes after ``invoke``.
+        method: how the metrics are computed (markdown; ``{rules}`` keys may be used).
+        changes_note: what the changes column counts (markdown; ``{rules}`` keys may be used).
+        rules: the constants the numbers depend on (``report.json``'s ``rules``).
+        side_by_side: what the side-by-side plot shows.
+    """
+
+    task: str
+    metric: str
+    metrics: tuple
+    ratios: tuple
+    keys: tuple
+    table: tuple
+    changes_header: str
+    per_class: tuple
+    bars: tuple
+    evaluate_keras: Callable
+    evaluate_tflite: Callable
+    format_changes: Callable
+    postprocess: str
+    method: str
+    changes_note: str
+    rules: dict
+    side_by_side: str
+
+
+def _detection_keras(model, dataset, cfg):
+    from keras_fpn.evaluation import coco_evaluate, predict_dataset
+
+    results = predict_dataset(model, dataset, cfg.model, progress=True)
+    return coco_evaluate(dataset, results), results
+
+
+def _detection_tflite(path, dataset, cfg, threads, reference):
+    from keras_fpn.evaluation import coco_evaluate
+
+    results = tflite_results(path, dataset, threads=threads, score_threshold=cfg.model.score_threshold)
+    return coco_evaluate(dataset, results), results, detection_changes(reference, results)
+
+
+def _detection_changes_cell(ch) -> str:
+    return f"{ch['lost']} / {ch['changed_class']} / {ch['moved']} / {ch['new']} of {ch['reference']}"
+
+
+def _kept(pairs, store: dict, limit: int | None = None):
+    """Pass ``(record, class map)`` pairs through, keeping the first ``limit`` maps by image id."""
+    for record, pred in pairs:
+        if limit is None or len(store) < limit:
+            store[record.image_id] = pred
+        yield record, pred
+
+
+def _seg_keras(model, dataset, cfg):
+    from keras_fpn.seg_evaluation import predict_class_maps, score_class_maps
+
+    maps = {}
+    pairs = predict_class_maps(model, dataset, cfg.model, progress=True)
+    return score_class_maps(_kept(pairs, maps), dataset.label_map.names, ignore_label=cfg.model.ignore_label), maps
+
+
+def _seg_tflite(path, dataset, cfg, threads, reference):
+    from fpn_export.segmentation import tflite_class_maps
+    from keras_fpn.seg_evaluation import score_class_maps
+
+    changes = {"pixels": 0, "changed": 0}
+
+    def compared(pairs):
+        for record, pred in pairs:
+            ref = reference.get(record.image_id)
+            if ref is not None:
+                changes["pixels"] += int(ref.size)
+                changes["changed"] += int(np.count_nonzero(ref != pred))
+            yield record, pred
+
+    maps = {}
+    pairs = _kept(compared(tflite_class_maps(path, dataset, threads=threads)), maps, KEPT_MAPS)
+    metrics = score_class_maps(pairs, dataset.label_map.names, ignore_label=cfg.model.ignore_label)
+    changes["changed_fraction"] = changes["changed"] / changes["pixels"] if changes["pixels"] else None
+    return metrics, maps, changes
+
+
+def _seg_changes_cell(ch) -> str:
+    return f"{_fmt(ch['changed_fraction'] * 100 if ch['changed_fraction'] is not None else None, '.2f')} %"
+
+
+TASKS = {
+    "detection": TaskReport(
+        task="detection", metric="AP", metrics=("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"),
+        ratios=("AP",), keys=REPORT_KEYS,
+        table=(("AP", "AP"), ("AP50", "AP50"), ("AP_small", "AP_small"), ("AP_medium", "AP_medium"),
+               ("AP_large", "AP_large"), ("AP vs float", "AP_ratio")),
+        changes_header="lost / class / moved / new", per_class=(("AP", None),), bars=("AP", "AP50"),
+        evaluate_keras=_detection_keras, evaluate_tflite=_detection_tflite,
+        format_changes=_detection_changes_cell, postprocess="decode", method="COCO metrics by pycocotools.",
+        changes_note="Changed detections: confident (score >= {confident_score}) float detections that the "
+                     "variant lost (no box with IoU >= {match_iou}), gave another class, or moved (IoU < "
+                     "{moved_iou}); new = confident variant boxes with no float counterpart.",
+        rules={"confident_score": CONFIDENT, "match_iou": MATCH_IOU, "moved_iou": MOVED_IOU},
+        side_by_side="detections"),
+    "segmentation": TaskReport(
+        task="segmentation", metric="mIoU", metrics=("mIoU", "pixel_accuracy", "boundary_F"),
+        ratios=("mIoU", "boundary_F"), keys=SEG_REPORT_KEYS,
+        table=(("mIoU", "mIoU"), ("boundary F", "boundary_F"), ("pixel acc.", "pixel_accuracy"),
+               ("mIoU vs float", "mIoU_ratio"), ("BF vs float", "boundary_F_ratio")),
+        changes_header="changed pixels", per_class=(("IoU", "IoU"), ("boundary F", "boundary_F")),
+        bars=("mIoU", "boundary_F"),
+        evaluate_keras=_seg_keras, evaluate_tflite=_seg_tflite,
+        format_changes=_seg_changes_cell, postprocess="logits -> class map of the original image",
+        method="mIoU over all classes (background included), pixel accuracy and boundary F (BF, "
+               "{boundary_tolerance_px} px tolerance) at the original image resolution (keras_fpn.seg_evaluation).",
+        changes_note="Changed pixels: the share of the original images' pixels whose class differs from "
+                     "the float Keras model's.",
+        rules={"boundary_tolerance_px": BOUNDARY_TOLERANCE}, side_by_side="class maps"),
+}
+
+
+def task_report(task: str) -> TaskReport:
+    """The ``TaskReport`` of a ``model.task``."""
+    try:
+        return TASKS[task]
+    except KeyError:
+        raise ValueError(f"compare: no report for model.task {task!r} (have {', '.join(TASKS)})") from None
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+def _ratio(value, reference):
+    if value is None or reference is None or not math.isfinite(reference) or reference == 0:
+        return None
+    return value / reference
+
+
+def _row(task: TaskReport, variant: str, file, metrics: dict, reference: dict, latency: dict, threads,
+         changes) -> dict:
+    row = {"variant": variant, "file": str(file) if file else None,
+           "size_bytes": os.path.getsize(file) if file else None,
+           **{k: metrics[k] for k in task.metrics},
+           **{f"{k}_ratio": _ratio(metrics[k], reference[k]) for k in task.ratios},
+           "per_class": metrics["per_class"],
+           "latency_ms_p50": latency["p50"], "latency_ms_p90": latency["p90"], "threads": threads,
+           "changes": changes}
+    return {k: row[k] for k in task.keys}
 
 
 def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None = None,
@@ -123,7 +313,7 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
     """Measure the float model and every exported variant; write the report.
 
     Args:
-      run_dir: a run directory of ``keras-fpn train``.
+      run_dir: a run directory of ``keras-fpn train`` (a detector or a segmenter).
       modes: export modes to measure (exported into RUN/ unless already there and
         newer than the checkpoint, when ``reuse``).
       data, include: evaluation dataset (default: the run's ``data.val``).
@@ -137,88 +327,116 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
     from fpn_edge.bench import benchmark, cpu_name
     from fpn_export.convert import default_output_path, export_model
     from keras_fpn.compare.plots import write_plots
-    from keras_fpn.evaluation import coco_evaluate, predict_dataset
     from keras_fpn.rundir import open_run, write_text_atomic
     from keras_fpn.training.train import load_datasets, load_split
 
     run = open_run(run_dir)
     cfg = run.config
+    task = task_report(cfg.model.task)
     dataset = load_split(data, include, cfg.data.strict) if data else load_datasets(cfg)[1]
     if dataset is None:
         raise ValueError(f"{run_dir}: no data.val in the config; pass --data")
     out = Path(out) if out else run.path / "compare"
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = run.weights("best")
+    steps = len(modes) + 2
 
-    log(f"[1/{len(modes) + 2}] float Keras model on {len(dataset)} images")
+    log(f"[1/{steps}] float Keras model on {len(dataset)} images")
     model = run.build_model(which="best", batch_size=1)
-    float_results = predict_dataset(model, dataset, cfg.model, progress=True)
-    float_metrics = coco_evaluate(dataset, float_results)
-    rows = [_row("float (Keras)", checkpoint, float_metrics, float_metrics["AP"],
-                 keras_latency_ms(model, cfg.model.image_size), None, None)]
+    float_metrics, float_results = task.evaluate_keras(model, dataset, cfg)
+    rows = [_row(task, "float (Keras)", checkpoint, float_metrics, float_metrics,
+                 keras_latency_ms(model, cfg.model.image_size, runs=min(bench_runs, 20), traced=True),
+                 None, None)]
     results = {"float (Keras)": float_results}
     for i, mode in enumerate(modes):
         path = default_output_path(run.path, mode)
         if not (reuse and path.is_file() and path.stat().st_mtime >= checkpoint.stat().st_mtime):
-            log(f"[{i + 2}/{len(modes) + 2}] export {mode}")
+            log(f"[{i + 2}/{steps}] export {mode}")
             path = export_model(run.path, mode)
-        log(f"[{i + 2}/{len(modes) + 2}] {mode}: {path.name} through fpn_edge ({threads} threads)")
-        res = tflite_results(path, dataset, threads=threads, score_threshold=cfg.model.score_threshold)
-        metrics = coco_evaluate(dataset, res)
+        log(f"[{i + 2}/{steps}] {mode}: {path.name} through fpn_edge ({threads} threads)")
+        metrics, res, changes = task.evaluate_tflite(path, dataset, cfg, threads, float_results)
         bench = benchmark(path, threads=threads, runs=bench_runs, warmup=5,
                           image=dataset.records[0].image_path)
         latency = bench["latency_ms"].get("end_to_end", bench["latency_ms"]["invoke"])
-        rows.append(_row(mode, path, metrics, float_metrics["AP"], latency, threads,
-                         detection_changes(float_results, res)))
+        rows.append(_row(task, mode, path, metrics, float_metrics, latency, threads, changes))
         results[mode] = res
-    report = {"run": str(run.path), "dataset": {"source": str(dataset.source), "images": len(dataset)},
+    report = {"run": str(run.path), "task": task.task, "metric": task.metric,
+              "dataset": {"source": str(dataset.source), "images": len(dataset)},
               "cpu": cpu_name(), "threads": threads, "variants": rows,
-              "rules": {"confident_score": CONFIDENT, "match_iou": MATCH_IOU, "moved_iou": MOVED_IOU}}
-    log(f"[{len(modes) + 2}/{len(modes) + 2}] report and plots -> {out}")
+              "rules": dict(task.rules)}
+    log(f"[{steps}/{steps}] report and plots -> {out}")
     write_text_atomic(out / "report.json", json.dumps(report, indent=2))
     write_text_atomic(out / "report.md", format_report(report))
-    write_plots(report, out, dataset=dataset, results=results, labels=run.labels)
+    write_plots(report, out, task=task, dataset=dataset, results=results, labels=run.labels)
     return report
+
+
+# --------------------------------------------------------------------------- markdown
 
 
 def _fmt(v, spec=".3f"):
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
 
 
+def _cell(row: dict, key: str) -> str:
+    v = row[key]
+    return f"{_fmt(v * 100 if v is not None else None, '.1f')} %" if key.endswith("_ratio") else _fmt(v)
+
+
 def headline_table(report: dict) -> str:
     """The markdown table a person reads first."""
-    lines = ["| variant | AP | AP50 | AP_small | AP_medium | AP_large | AP vs float | latency p50 / p90 (ms) | size (MB) | lost / class / moved / new |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    task = task_report(report.get("task", "detection"))
+    headers = [h for h, _ in task.table]
+    lines = ["| variant | " + " | ".join(headers) + f" | latency p50 / p90 (ms) | size (MB) | {task.changes_header} |",
+             "|---|" + "---|" * (len(headers) + 3)]
     for r in report["variants"]:
-        ch = r["changes"]
-        changes = f"{ch['lost']} / {ch['changed_class']} / {ch['moved']} / {ch['new']} of {ch['reference']}" if ch else "reference"
+        changes = task.format_changes(r["changes"]) if r["changes"] else "reference"
         size = _fmt(r["size_bytes"] / 1e6, ".2f") if r["size_bytes"] else "–"
         lat = f"{_fmt(r['latency_ms_p50'], '.1f')} / {_fmt(r['latency_ms_p90'], '.1f')}"
         if r["threads"] is None:
             lat += " (Keras, TF)"
-        lines.append(f"| {r['variant']} | {_fmt(r['AP'])} | {_fmt(r['AP50'])} | {_fmt(r['AP_small'])} | "
-                     f"{_fmt(r['AP_medium'])} | {_fmt(r['AP_large'])} | {_fmt(r['AP_ratio'] * 100, '.1f')} % | "
-                     f"{lat} | {size} | {changes} |")
+        cells = [_cell(r, key) for _, key in task.table]
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {lat} | {size} | {changes} |")
     return "\n".join(lines)
 
 
+def per_class_value(entry, key):
+    """A per-class table's number: the entry itself (detection AP) or ``entry[key]`` (segmentation)."""
+    if key is None or entry is None:
+        return entry
+    return entry.get(key)
+
+
+def _per_class_table(variants: list, key) -> list:
+    names = list(variants[0]["per_class"])
+    lines = ["| class | " + " | ".join(r["variant"] for r in variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    lines += [f"| {n} | " + " | ".join(_fmt(per_class_value(r["per_class"].get(n), key)) for r in variants) + " |"
+              for n in names]
+    return lines
+
+
 def format_report(report: dict) -> str:
-    names = list(report["variants"][0]["per_class"])
-    per_class = ["| class | " + " | ".join(r["variant"] for r in report["variants"]) + " |",
-                 "|---|" + "---|" * len(report["variants"])]
-    per_class += [f"| {n} | " + " | ".join(_fmt(r["per_class"].get(n)) for r in report["variants"]) + " |"
-                  for n in names]
+    from keras_fpn.compare.plots import plot_files
+
+    task = task_report(report.get("task", "detection"))
+    per_class = []
+    for name, key in task.per_class:
+        per_class += [f"## Per-class {name}", "", *_per_class_table(report["variants"], key), ""]
+    files = plot_files(task)
+    images = " ".join(f"![{title}]({file})" for title, file in files[:-1])
+    rules = report.get("rules", task.rules)
+    before = (f"Validation set: {report['dataset']['source']} ({report['dataset']['images']} images). "
+              f"CPU: {report['cpu']}. TFLite variants run through fpn_edge (XNNPACK, {report['threads']} threads); "
+              f"latency is end to end per image (preprocess + invoke + {task.postprocess}); the float Keras "
+              "row times the model alone (tf.function, TensorFlow). " + task.method.format(**rules))
+    after = task.changes_note.format(**rules)
     return "\n".join([
         f"# Quantization report: {report['run']}", "",
-        f"Validation set: {report['dataset']['source']} ({report['dataset']['images']} images). "
-        f"CPU: {report['cpu']}. TFLite variants run through fpn_edge (XNNPACK, {report['threads']} threads); "
-        "latency is end to end per image (preprocess + invoke + decode). COCO metrics by pycocotools.", "",
+        before, "",
         headline_table(report), "",
-        f"Changed detections: confident (score >= {CONFIDENT}) float detections that the variant lost "
-        f"(no box with IoU >= {MATCH_IOU}), gave another class, or moved (IoU < {MOVED_IOU}); "
-        "new = confident variant boxes with no float counterpart.", "",
-        "## Per-class AP", "", *per_class, "",
+        after, "",
+        *per_class,
         "## Plots", "",
-        "![AP per variant](ap_per_variant.png) ![AP vs latency](ap_vs_latency.png) "
-        "![AP vs size](ap_vs_size.png) ![per-class AP](per_class_ap.png)", "",
-        "![float vs int8 detections](side_by_side.png)", ""])
+        images, "",
+        f"![{files[-1][0]}]({files[-1][1]})", ""])
