@@ -387,7 +387,8 @@ def render_md(r: dict) -> str:
             lines.append(
                 f"| `{b}` | {m['output_kind']}, {m['input']['dtype']} in | {cpu} | "
                 f"{m['n_detections']['x86']} / {m['n_detections'][cpu]} | {d['status']}{extra} | "
-                f"{d['max_abs_box_px']:.3g} | {d['max_abs_score']:.3g} | {_conf(d['confident'])} | "
+                + (f"{d['max_abs_box_px']:.3g} | {d['max_abs_score']:.3g} | " if n_off < d["images"] else "– | – | ")
+                + f"{_conf(d['confident'])} | "
                 f"{_cli(v['cli_detections_json'])} | {fmt_tensor(v['input'])} | {_outs(v['outputs'])} |")
     lines += ["", "Detections are compared in score order, image by image: *identical* = bit-equal; *within "
               "tolerance* = same count and classes, box and score differences within the tolerances "
