@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fpn_edge.atomic import write_text_atomic
+
 
 def _predict_dets(run: str, images: list, out: Path, threshold: float) -> dict:
     subprocess.run(["keras-fpn", "predict", run, *images, "--out", str(out), "--threshold", str(threshold)],
@@ -101,13 +103,6 @@ def _include(images: list, include: str | None) -> list:
     return [i for i in images if Path(i).name in names]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", help="run directory of keras-fpn train")
@@ -135,7 +130,7 @@ def main(argv=None) -> int:
               "score_margin": args.score_margin, "seconds": time.time() - started, "models": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     lines = [f"# fpn-edge detect vs keras-fpn predict ({len(images)} images, score >= {args.threshold})", "",
              f"Run: `{args.run}`. Reference: the float Keras model (`keras-fpn predict`, TF decode + NMS). "
              "Each reference detection is paired with the same-class edge detection with the closest box "
@@ -147,7 +142,7 @@ def main(argv=None) -> int:
         lines.append(f"| {Path(r['model']).name} | {r['reference']} / {r['other']} | {r['unmatched_reference']} / "
                      f"{r['unmatched_other']} | {r['box_px_max']:.3f} / {r['box_px_mean']:.3f} | "
                      f"{r['score_max']:.4f} | {'yes' if r['within_1px_0.01'] else 'no'} |")
-    _write_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
