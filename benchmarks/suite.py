@@ -45,6 +45,7 @@ SUITE_SIZE = 320
 ALL_MODES = ("fp32", "fp16", "dynamic", "int8", "int16x8")
 QUICK_PRESETS = ("retinanet_mobilenetv2_fpn",)
 QUICK_MODES = ("fp32", "int8")
+SLOW_FACTOR = 2  # a variant slower than min_runs in SLOW_FACTOR x the latency budget gets fewer runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,11 +275,16 @@ def tflite_latency(path, threads: int, *, image=None, budget_s: float, min_runs:
     """Latency p50/p90 (end-to-end and invoke) and peak RSS of ``path`` through ``fpn_edge``.
 
     A 2-run probe sets the number of timed runs to ``budget_s / latency`` clamped to
-    [``min_runs``, ``max_runs``] (int16x8 models run reference kernels and are far slower).
+    [``min_runs``, ``max_runs``]. A model so slow that ``min_runs`` would take more than
+    ``SLOW_FACTOR x budget_s`` (int16x8 runs reference kernels: 2.6 s per inference for the
+    MobileNetV2 RetinaNet at 320 px, far more for ResNet50) gets ``SLOW_FACTOR x budget_s`` worth
+    of runs (at least 3) and one warmup run instead; the result records the run count.
     """
     probe = _edge_bench(path, threads, runs=2, warmup=1, image=image)
     probe_ms = probe["latency_ms"].get("end_to_end", probe["latency_ms"]["invoke"])["p50"]
     runs = int(min(max(budget_s * 1e3 / max(probe_ms, 1e-3), min_runs), max_runs))
+    if probe_ms * runs > SLOW_FACTOR * budget_s * 1e3:
+        runs, warmup = max(3, int(SLOW_FACTOR * budget_s * 1e3 / probe_ms)), 1
     b = _edge_bench(path, threads, runs=runs, warmup=warmup, image=image)
     lat = b["latency_ms"]
     pick = lambda d: {"p50": d["p50"], "p90": d["p90"], "mean": d["mean"]}  # noqa: E731
