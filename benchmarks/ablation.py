@@ -132,7 +132,7 @@ def main(argv=None) -> int:
          "notes": a.notes, "runs": []}
     for name, run_dir in runs:
         metrics = ensure_run(name, run_dir, a.data, log)
-        r["runs"].append({"variant": name, "label": run_dir.name, "run": str(run_dir),
+        r["runs"].append({"variant": name, "label": f"{run_dir.parent.name}/{run_dir.name}", "run": str(run_dir),
                           "params": params_of(run_dir), "metrics": {k: metrics[k] for k in METRICS},
                           "per_class": metrics.get("per_class")})
     md, _ = write_json_md(a.out, r, render(r))

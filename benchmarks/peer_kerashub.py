@@ -350,7 +350,7 @@ def main(argv=None) -> int:
     import tempfile
 
     from benchmarks.machine import machine_info
-    from benchmarks.report import write_json_md
+    from benchmarks.report import output_paths, write_json_md
 
     sides = [s.strip() for s in a.sides.split(",") if s.strip()]
     bad = [s for s in sides if s not in SIDES]
@@ -368,18 +368,21 @@ def main(argv=None) -> int:
          "image_size": a.image_size, "batch_size": a.batch_size, "steps": a.steps, "warmup_steps": a.warmup_steps,
          "tflite_runs": a.tflite_runs, "sides": {},
          "notes": "KerasHub MobileNetV3-small: keras.applications.MobileNetV3Small wrapped with pyramid_outputs "
-                  "(KerasHub's MobileNetBackbone has none). KerasHub TFLite: TFLiteConverter on the forward "
-                  "function (fp32; int8 = TFLITE_BUILTINS_INT8, float I/O). Ours: fpn_export --raw (tf_keras "
+                  "(KerasHub's MobileNetBackbone has none). KerasHub TFLite: model.export (SavedModel of the "
+                  "forward pass) -> TFLiteConverter.from_saved_model (fp32; int8 = TFLITE_BUILTINS_INT8, "
+                  "float I/O). Ours: fpn_export --raw (tf_keras "
                   "twin; int8 with uint8 I/O)."}
-    previous = Path(a.out).with_suffix(".json") if not a.out.endswith(".json") else Path(a.out)
+    previous = output_paths(a.out)[1]
     if a.append and previous.is_file():
-        r["sides"] = {k: v for k, v in json.loads(previous.read_text())["sides"].items() if k not in sides}
+        prev = json.loads(previous.read_text())
+        r["sides"] = {k: {"date": prev["date"], **v} for k, v in prev["sides"].items() if k not in sides}
     save = lambda: write_json_md(a.out, r, render(r))  # noqa: E731
     for side in sides:
         log(f"== {side}: train {a.warmup_steps}+{a.steps} steps, Keras latency, TFLite fp32/int8")
         python = sys.executable if side in OUR_PRESETS else a.kerashub_python
+        started = time.strftime("%Y-%m-%d %H:%M %Z")
         res = r["sides"][side] = _run_child(python, side, a, work, log)
-        res["date"] = time.strftime("%Y-%m-%d %H:%M %Z")
+        res["date"] = started
         if "error" not in res:
             log(f"   {side}: {res['training']['images_per_s']:.2f} img/s, {res['params'] / 1e6:.2f} M params")
             res["tflite_latency"] = {}

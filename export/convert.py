@@ -67,7 +67,7 @@ INT8_IO = ("uint8", "int8", "float32")
 __all__ = ["MODES", "CALIBRATED_MODES", "ExportError", "export_model", "export_detector",
            "convert_keras", "detector_metadata", "detector_anchors", "default_output_path",
            "as_batch1", "representative_from_config", "train_data_from_config", "fix_shared_biases",
-           "check_export_args", "graph_to_convert", "write_export"]
+           "check_export_args", "check_loads", "graph_to_convert", "write_export"]
 
 
 class ExportError(RuntimeError):
@@ -592,6 +592,25 @@ def graph_to_convert(model, config, *, via: str = "tf_keras", quantize: bool = F
     return as_batch1(model), ns, extra
 
 
+def check_loads(data: bytes, out) -> None:
+    """Fail at export time, before anything is written, when the converted model cannot run
+    (called right after ``convert_keras``; the ``edgetpu`` mode's file is still a CPU int8 model
+    here, ``edgetpu_compiler`` runs later).
+
+    The converter can emit files the interpreter refuses at ``allocate_tensors`` — e.g. an
+    int16x8 conv whose calibrated weights are ~0 trips ``no_integer_overflow_from_quantization``
+    (seen on a barely trained ``ssd_mobilenetv2_fpnlite``). Raises ``ExportError`` naming ``out``.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        Interpreter(model_content=data).allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{out}: the converted model does not load in the TFLite interpreter ({first}); "
+                          "nothing was written") from exc
+
+
 def write_export(data: bytes, meta: dict, out, *, anchors=None, report: bool = False,
                  started: Optional[float] = None) -> Path:
     """Attach the metadata and write ``out`` atomically; the Edge TPU op report beside it when asked.
@@ -703,6 +722,7 @@ def export_detector(model, config, labels, mode: str, *, out, raw: bool = False,
                                postprocess=not raw, qat=qat_mode,
                                debug_dir=None if debug_dir is None else str(debug_dir),
                                keep_float=keep_float)
+    check_loads(data, out)
     if not raw:
         # The converter drops detections_per_class (the kernel then caps every class at 100)
         # and writes the stub's threshold as it is: write the op's full option set back.

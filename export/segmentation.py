@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Optional
 
 from fpn_export.convert import (ExportError, _normalization, _read_split, _resolve_mode_io,
-                                check_export_args, convert_keras, graph_to_convert, write_export)
+                                check_export_args, check_loads, convert_keras, graph_to_convert,
+                                write_export)
 
 __all__ = ["export_segmenter", "segmentation_metadata", "seg_train_data_from_config",
            "tf_keras_seg_losses", "tflite_class_maps", "evaluate_tflite"]
@@ -139,6 +140,7 @@ def export_segmenter(model, config, labels, mode: str, *, out, representative=No
     io = _resolve_mode_io(mode, config.export.int8_io) if integer else "float32"
     data, info = convert_keras(model, mode, representative=representative, int8_io=io,
                                postprocess=False, qat=qat_mode)
+    check_loads(data, out)
     extra.update({"io_dtype": io, "convert_s": round(info["convert_s"], 2)})
     meta = segmentation_metadata(config, labels, mode=mode, extra=extra)
     return write_export(data, meta, out, report=report, started=t0)

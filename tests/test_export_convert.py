@@ -215,6 +215,23 @@ def test_failed_export_keeps_the_existing_file(tmp_path, monkeypatch, mobilenet_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]
 
 
+def test_unloadable_conversion_fails_before_writing(tmp_path, monkeypatch, mobilenet_v2_weights, raccoon_dir):
+    """A converted model the interpreter cannot prepare (seen: int16x8 of a barely trained FPNLite,
+    ``no_integer_overflow_from_quantization``) fails the export; the earlier file stays."""
+    import fpn_export.convert as conv
+
+    out = tmp_path / "model.tflite"
+    out.write_bytes(b"previous model")
+    real, info = conv.convert_keras(H.tiny_model(mobilenet_v2_weights[0.35]), "fp32")
+    monkeypatch.setattr(conv, "convert_keras", lambda *a, **k: (real[: len(real) // 2], info))  # truncated
+    with pytest.raises(conv.ExportError, match=r"model.tflite: the converted model does not load in the TFLite "
+                                               r"interpreter \(.*\); nothing was written"):
+        conv.export_detector(H.tiny_model(mobilenet_v2_weights[0.35]), H.tiny_config(raccoon_dir),
+                             H.LABELS, "fp32", out=out, raw=True, via="keras")
+    assert out.read_bytes() == b"previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]
+
+
 def test_converter_error_names_op_and_layer():
     from fpn_export.convert import _conversion_error
 
