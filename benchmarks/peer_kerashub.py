@@ -54,27 +54,22 @@ SIDES = (*OUR_PRESETS, *KERASHUB_SIDES)
 
 # --------------------------------------------------------------------------- shared by every child
 
-def _step_timer(keras):
-    class StepTimer(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.ends = [time.perf_counter()]
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.ends.append(time.perf_counter())
-            self.last_loss = float((logs or {}).get("loss", float("nan")))
-    return StepTimer()
+def _timed(steps: dict, *, first_step_s: float, warmup: int, steps_n: int, batch: int, final_loss) -> dict:
+    """The training entry both sides report (flat keys)."""
+    return {"images_per_s": steps["images_per_s"], "step_ms_p50": steps["step_ms"]["p50"],
+            "step_ms_p90": steps["step_ms"]["p90"], "first_step_s": first_step_s, "warmup_steps": warmup,
+            "timed_steps": steps_n, "batch_size": batch, "final_loss": final_loss,
+            "loadavg": list(os.getloadavg())}
 
 
 def _fit_stats(model, ds, *, warmup: int, steps: int, batch: int, keras) -> dict:
-    timer = _step_timer(keras)
+    from benchmarks.suite import step_stats, step_timer  # TF-free at import: fine in the KerasHub venv
+
+    timer = step_timer(keras)
     model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
     s = np.diff(timer.ends)
-    timed = s[warmup:]
-    return {"images_per_s": float(batch * len(timed) / timed.sum()),
-            "step_ms_p50": float(np.percentile(timed, 50) * 1e3),
-            "step_ms_p90": float(np.percentile(timed, 90) * 1e3),
-            "first_step_s": float(s[0]), "warmup_steps": warmup, "timed_steps": steps,
-            "batch_size": batch, "final_loss": timer.last_loss, "loadavg": list(os.getloadavg())}
+    return _timed(step_stats(s[warmup:], batch), first_step_s=float(s[0]), warmup=warmup, steps_n=steps,
+                  batch=batch, final_loss=timer.last_loss)
 
 
 def _forward_latency(fn, x, runs: int) -> dict:
@@ -223,10 +218,8 @@ def child_ours(side: str, a) -> dict:
     train, model = training_throughput(cfg, train_set, warmup=a.warmup_steps, steps=a.steps, log=lambda m: None)
     res = {"side": side, "library": "keras-fpn", "preset": preset,
            "params": train.pop("params"), "build_s": train.pop("build_s")}
-    timed = {k: train[k] for k in ("images_per_s", "first_step_s", "warmup_steps", "timed_steps", "batch_size",
-                                    "final_loss", "loadavg")}
-    timed.update(step_ms_p50=train["step_ms"]["p50"], step_ms_p90=train["step_ms"]["p90"])
-    res["training"] = timed
+    res["training"] = _timed(train, first_step_s=train["first_step_s"], warmup=a.warmup_steps, steps_n=a.steps,
+                             batch=a.batch_size, final_loss=train["final_loss"])
     fwd = tf.function(lambda x: model(x, training=False))
     res["keras_latency_ms"] = _forward_latency(fwd, tf.zeros([1, a.image_size, a.image_size, 3]), a.keras_runs)
     res["tflite"] = {}

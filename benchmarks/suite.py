@@ -133,11 +133,29 @@ def load_data(cfg):
 
 # --------------------------------------------------------------------------- training
 
-def _step_stats(seconds, batch_size: int) -> dict:
+def step_stats(seconds, batch_size: int) -> dict:
+    """Images/s and step time statistics (ms) of per-step ``seconds``."""
     a = np.asarray(seconds, np.float64)
     return {"images_per_s": float(batch_size * len(a) / a.sum()),
             "step_ms": {"p50": float(np.percentile(a, 50) * 1e3), "p90": float(np.percentile(a, 90) * 1e3),
                         "mean": float(a.mean() * 1e3), "min": float(a.min() * 1e3), "max": float(a.max() * 1e3)}}
+
+
+def step_timer(keras):
+    """A ``fit`` callback recording the time at train begin and at every batch end (``ends``) and
+    the last logged loss (``last_loss``). Step ``i`` takes ``ends[i + 1] - ends[i]``, data wait
+    included. ``keras`` is passed in so callers without Keras 3 at import (a KerasHub venv) work."""
+    class StepTimer(keras.callbacks.Callback):
+        last_loss = None
+
+        def on_train_begin(self, logs=None):
+            self.ends = [time.perf_counter()]
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.ends.append(time.perf_counter())
+            if logs and "loss" in logs:
+                self.last_loss = float(logs["loss"])
+    return StepTimer()
 
 
 def training_throughput(cfg, train_set, *, warmup: int, steps: int, log=print):
@@ -154,15 +172,6 @@ def training_throughput(cfg, train_set, *, warmup: int, steps: int, log=print):
     from keras_fpn.training.callbacks import WarmupCosine
     from keras_fpn.training.train import _optimizer, losses, training_pipeline
 
-    class StepTimer(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.ends = [time.perf_counter()]
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.ends.append(time.perf_counter())
-            if logs and "loss" in logs:
-                self.last_loss = float(logs["loss"])
-
     keras.utils.set_random_seed(cfg.train.seed)
     t0 = time.perf_counter()
     model = build_model(cfg.model)
@@ -173,15 +182,14 @@ def training_throughput(cfg, train_set, *, warmup: int, steps: int, log=print):
     loss, weights = losses(cfg)
     model.compile(optimizer=_optimizer(cfg, schedule), loss=loss, loss_weights=weights)
     ds = training_pipeline(cfg, train_set, training=True).repeat()
-    timer = StepTimer()
-    timer.last_loss = None
+    timer = step_timer(keras)
     reset_peak_rss()
     rss_before = rss_mb()
     log(f"   fit: {warmup} warmup + {steps} timed steps, batch {cfg.train.batch_size}")
     model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0, shuffle=False)
     step_s = np.diff(timer.ends)
     res = {"batch_size": cfg.train.batch_size, "warmup_steps": warmup, "timed_steps": steps,
-           **_step_stats(step_s[warmup:], cfg.train.batch_size),
+           **step_stats(step_s[warmup:], cfg.train.batch_size),
            "first_step_s": float(step_s[0]), "build_s": build_s, "final_loss": timer.last_loss,
            "params": int(model.count_params()),
            "rss_mb": {"before_fit": rss_before, "peak_during_fit": peak_rss_mb()},
@@ -203,7 +211,7 @@ def pipeline_throughput(cfg, train_set, *, warmup: int, batches: int) -> dict:
         t = time.perf_counter()
         next(it)
         times.append(time.perf_counter() - t)
-    return {"batches": batches, "warmup_batches": warmup, **_step_stats(times, cfg.train.batch_size),
+    return {"batches": batches, "warmup_batches": warmup, **step_stats(times, cfg.train.batch_size),
             "loadavg": loadavg()}
 
 
