@@ -51,3 +51,40 @@ def test_sizes_cover_small_medium_large_at_320(tmp_path):
     medium = 1 - small - large
     assert min(small, medium, large) > 0.15, (small, medium, large)
     assert ds.records[0].segmentations is None
+
+
+def _background_blotchiness(dataset) -> float:
+    """Median over images of the std of the background's 8x8 block means around a fitted linear gradient
+    (block means average the pixel noise away; what is left is blotches and lines)."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    values = []
+    for r in dataset.records:
+        img = np.asarray(Image.open(r.image_path), np.float64).mean(-1)
+        fg = np.zeros(img.shape, bool)
+        for seg in r.segmentations:
+            fg |= mask_utils.decode(seg).astype(bool)
+        h, w = img.shape
+        blocks = img.reshape(h // 8, 8, w // 8, 8).mean((1, 3))
+        bg = ~fg.reshape(h // 8, 8, w // 8, 8).any((1, 3))
+        yy, xx = np.nonzero(bg)
+        design = np.stack([yy, xx, np.ones_like(yy)], 1).astype(np.float64)
+        coef, *_ = np.linalg.lstsq(design, blocks[bg], rcond=None)
+        values.append(np.std(blocks[bg] - design @ coef))
+    return float(np.median(values))
+
+
+def test_clean_style_keeps_small_objects_at_least_12_px_and_the_background_smooth(tmp_path):
+    clean = read_dataset(generate_synthetic_coco(tmp_path / "clean", num_train=30, num_val=0, image_size=192,
+                                                 seed=0, style="clean")["train"])
+    side = np.sqrt(np.concatenate([r.areas for r in clean]))
+    small, large = (side < 32).mean(), (side >= 96).mean()
+    assert min(small, 1 - small - large, large) > 0.15, (small, large)
+    # drawn at >= 12 px, at most 25 % covered later: sqrt(0.75) * 12 = 10.4 px visible
+    assert side.min() >= 10.3 and side.max() <= 0.8 * 192 + 1
+    cluttered = read_dataset(generate_synthetic_coco(tmp_path / "cluttered", num_train=30, num_val=0,
+                                                     image_size=192, seed=0)["train"])
+    assert np.sqrt(np.concatenate([r.areas for r in cluttered])).min() < 10.0  # 10 * 192 / 320 = 6 px possible
+    smooth, rough = _background_blotchiness(clean), _background_blotchiness(cluttered)
+    assert smooth < 0.5 * rough, (smooth, rough)

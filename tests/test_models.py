@@ -145,9 +145,13 @@ def _tiny_cfg(preset, **kw):
 
 @pytest.mark.parametrize("preset, neck", [("retinanet_mobilenetv2_fpn", "fpn"), ("ssd_mobilenetv2_fpnlite", "fpn"),
                                           ("retinanet_mobilenetv2_fpn", "c5_only"),
-                                          ("ssd_mobilenetv2_fpnlite", "finest_no_topdown")])
+                                          ("ssd_mobilenetv2_fpnlite", "finest_no_topdown"),
+                                          ("retinanet_mobilenetv2_fpn", "mobilenetv3small_minimalistic"),
+                                          ("retinanet_mobilenetv2_fpn", "mobilenetv3large")])
 def test_tf_keras_twin_matches(preset, neck):
-    cfg = _tiny_cfg(preset, neck=neck)
+    # the second value is a neck, or a MobileNetV3 backbone (tf_keras names its layers differently)
+    cfg = _tiny_cfg(preset, neck=neck) if not neck.startswith("mobilenetv3") else _tiny_cfg(
+        preset, backbone=neck, backbone_alpha=1.0)
     model = build_detector(cfg)
     # Perturb BN statistics so the parity check also covers non-trivial BN folding.
     rng = np.random.default_rng(0)

@@ -109,7 +109,7 @@ def run_synthetic(args) -> int:
     _ensure_logging()
     r = generate_synthetic_coco(args.out_dir, num_train=args.num_train, num_val=args.num_val,
                                 image_size=args.image_size, seed=args.seed,
-                                masks=not args.no_masks, workers=args.workers)
+                                masks=not args.no_masks, workers=args.workers, style=args.style)
     print(f"wrote {r['train']} and {r['val']} in {r['seconds']:.1f} s")
     return 0
 
@@ -167,6 +167,9 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-masks", action="store_true")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--style", choices=("cluttered", "clean"), default="cluttered",
+                   help="cluttered: textured background, sizes scale with --image-size (default); "
+                        "clean: smooth background, small objects >= 12 px at any size (the demo's)")
     p.set_defaults(func=run_synthetic)
     return data
 

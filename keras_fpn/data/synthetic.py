@@ -1,12 +1,18 @@
 """Synthetic multi-scale shapes dataset, written to disk as a COCO dataset.
 
-Each image (square, ``image_size`` px) is a textured, noisy background (two-
-colour gradient, blotchy low-frequency noise, faint lines, pixel noise) with
-1..``max_objects`` filled shapes of five classes (circle, square, triangle,
-ring, cross), in random colours that stand out from the background, with
-random rotation and shading. Object sizes are drawn in equal thirds from
-COCO's small (area < 32**2 px), medium and large ranges, measured as the
-visible mask area at ``image_size`` = 320 (sizes scale with ``image_size``).
+Each image (square, ``image_size`` px) has 1..``max_objects`` filled shapes
+of five classes (circle, square, triangle, ring, cross), in random colours
+that stand out from the background, with random rotation and shading. Object
+sizes are drawn in equal thirds from COCO's small (area < 32**2 px), medium
+and large ranges. Two styles (``STYLES``):
+
+- ``cluttered`` (default): a textured, noisy background (two-colour gradient,
+  blotchy low-frequency noise, faint lines, pixel noise, some images softened);
+  sizes (square root of the visible area) 10-28 / 36-88 / 104-176 px at
+  ``image_size`` = 320, scaled with ``image_size``.
+- ``clean`` (the demo's): a smooth two-colour gradient with faint noise; sizes
+  12-30 / 36-88 / 100-(0.8 * ``image_size``) px at any ``image_size``, so
+  that small objects stay at least 12 px wide at the demo's 192 px.
 A new object may cover at most 25 % of any earlier one and at most 25 % of it
 may be covered; later objects are drawn on top and every annotation (bbox,
 area, mask) describes the *visible* part. Masks are COCO compressed RLE.
@@ -32,6 +38,8 @@ CLASSES = ("circle", "square", "triangle", "ring", "cross")
 _SPLITS = {"train": 0, "val": 1}
 # sqrt(visible area) ranges at 320 px: small < 32, 32 <= medium < 96, large >= 96
 _SIZE_BINS = ((10.0, 28.0), (36.0, 88.0), (104.0, 176.0))
+#: style -> (clutter, size bins in px or None for ``_SIZE_BINS`` scaled by image_size / 320)
+STYLES = {"cluttered": (True, None), "clean": (False, ((12.0, 30.0), (36.0, 88.0), (100.0, None)))}
 _MAX_COVER = 0.25
 
 
@@ -94,18 +102,29 @@ def _radius(cls: int, d: float) -> float:
     return math.hypot(a / 2, a / 6)
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A two-colour linear gradient plus blotchy noise, then faint lines (float32 [S, S, 3])."""
+def _size_bins(style: str, size: int) -> tuple:
+    """The three (low, high) size ranges in px of a style at ``size``."""
+    bins = STYLES[style][1]
+    if bins is None:
+        return tuple((lo * size / 320.0, hi * size / 320.0) for lo, hi in _SIZE_BINS)
+    return tuple((lo, 0.8 * size if hi is None else hi) for lo, hi in bins)
+
+
+def _background(rng: np.random.Generator, size: int, clutter: bool) -> np.ndarray:
+    """A two-colour linear gradient plus blotchy noise, then faint lines (float32 [S, S, 3]);
+    without ``clutter``: the gradient with faint noise only."""
     c0 = rng.uniform(0, 255, 3)
     c1 = np.clip(c0 + rng.normal(0, 60, 3), 0, 255)
     theta = rng.uniform(0, 2 * math.pi)
-    cells = int(rng.integers(3, 12))
+    cells = int(rng.integers(3, 12)) if clutter else 4
     # Build a cells x cells image (gradient sampled at the cell centres + noise) and
     # upsample it bilinearly: one small resize instead of full-size float arithmetic.
     coord = (np.arange(cells) + 0.5) / cells - 0.5
     t = math.cos(theta) * coord[None, :] + math.sin(theta) * coord[:, None] + 0.5
-    small = c0 + t[..., None] * (c1 - c0) + rng.normal(0, rng.uniform(8, 30), (cells, cells, 3))
+    small = c0 + t[..., None] * (c1 - c0) + rng.normal(0, rng.uniform(8, 30) if clutter else 6, (cells, cells, 3))
     pil = Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    if not clutter:
+        return np.asarray(pil).astype(np.float32)
     draw = ImageDraw.Draw(pil)
     for _ in range(int(rng.integers(0, 6))):
         x0, y0, x1, y1 = rng.uniform(0, size, 4)
@@ -127,16 +146,17 @@ def _object_colour(rng, bg_mean: np.ndarray) -> np.ndarray:
     return best
 
 
-def _make_image(rng: np.random.Generator, size: int, max_objects: int, noise: np.ndarray):
-    img = _background(rng, size)
+def _make_image(rng: np.random.Generator, size: int, max_objects: int, noise: np.ndarray, style: str):
+    clutter = STYLES[style][0]
+    bins = _size_bins(style, size)
+    img = _background(rng, size, clutter)
     label = np.zeros((size, size), np.int32)  # visible object id per pixel, 0 = background
-    scale = size / 320.0
     objects = []  # class ids, index = object id - 1
     visible = [0]  # visible area per object id (index 0 unused)
     for _ in range(int(rng.integers(1, max_objects + 1))):
         cls = int(rng.integers(len(CLASSES)))
-        lo, hi = _SIZE_BINS[int(rng.integers(3))]
-        d = float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) * scale
+        lo, hi = bins[int(rng.integers(3))]
+        d = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
         rad = min(_radius(cls, d), size / 2 - 1)
         for _attempt in range(15):
             cx, cy = rng.uniform(rad, size - rad, 2)
@@ -172,7 +192,7 @@ def _make_image(rng: np.random.Generator, size: int, max_objects: int, noise: np
     oy, ox = (int(v) for v in rng.integers(0, size + 1, 2))
     img += noise[oy:oy + size, ox:ox + size] * np.float32(rng.uniform(2, 10))
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    if rng.uniform() < 0.3:  # some images slightly soft (3x3 smoothing; Gaussian blur is slow)
+    if clutter and rng.uniform() < 0.3:  # some images slightly soft (3x3 smoothing; Gaussian blur is slow)
         pil = pil.filter(ImageFilter.SMOOTH)
     return pil, label, objects
 
@@ -214,9 +234,9 @@ def _noise_bank(seed: int, size: int) -> np.ndarray:
 
 def _render(job: tuple) -> list:
     """Draw and save one image; return its annotations (ids filled in later)."""
-    seed, split, index, image_id, path, size, max_objects, masks, quality = job
+    seed, split, index, image_id, path, size, max_objects, masks, quality, style = job
     rng = np.random.default_rng([seed, _SPLITS[split], index])
-    pil, label, objects = _make_image(rng, size, max_objects, _noise_bank(seed, size))
+    pil, label, objects = _make_image(rng, size, max_objects, _noise_bank(seed, size), style)
     pil.save(path, format="JPEG", quality=quality)
     return _annotations(label, objects, image_id, 0, masks)
 
@@ -224,7 +244,7 @@ def _render(job: tuple) -> list:
 def generate_synthetic_coco(out_dir: PathLike, num_train: int = 2000, num_val: int = 200,
                             image_size: int = 320, seed: int = 0, masks: bool = True,
                             max_objects: int = 8, jpeg_quality: int = 90,
-                            workers: Optional[int] = None) -> dict:
+                            workers: Optional[int] = None, style: str = "cluttered") -> dict:
     """Write the synthetic shapes dataset as COCO (JPEGs + train.json / val.json).
 
     Args:
@@ -242,10 +262,13 @@ def generate_synthetic_coco(out_dir: PathLike, num_train: int = 2000, num_val: i
             then needs the ``if __name__ == "__main__"`` guard). Default 1:
             2 000 images take about 20 s of one core. The output does not
             depend on it.
+        style: ``"cluttered"`` or ``"clean"`` (see the module docstring).
 
     Returns:
         {"train": path of train.json, "val": path of val.json, "seconds": float}.
     """
+    if style not in STYLES:
+        raise ValueError(f"synthetic style must be one of {sorted(STYLES)}, got {style!r}")
     out_dir = os.path.abspath(os.fspath(out_dir))
     t0 = time.perf_counter()
     jobs = {}
@@ -256,7 +279,7 @@ def generate_synthetic_coco(out_dir: PathLike, num_train: int = 2000, num_val: i
         for i in range(count):
             image_id += 1
             jobs[split].append((seed, split, i, image_id, os.path.join(out_dir, split, f"{i:06d}.jpg"),
-                                image_size, max_objects, masks, jpeg_quality))
+                                image_size, max_objects, masks, jpeg_quality, style))
     workers = 1 if workers is None else int(workers)
     all_jobs = jobs["train"] + jobs["val"]
     if workers > 1:
@@ -275,7 +298,8 @@ def generate_synthetic_coco(out_dir: PathLike, num_train: int = 2000, num_val: i
             for a in anns[k]:
                 annotations.append({**a, "id": len(annotations) + 1})
             k += 1
-        data = {"info": {"description": f"keras_fpn synthetic shapes, seed {seed}", "version": "1"},
+        data = {"info": {"description": f"keras_fpn synthetic shapes, {style} style, seed {seed}",
+                         "version": "1"},
                 "images": images, "annotations": annotations,
                 "categories": [{"id": c + 1, "name": n, "supercategory": "shape"}
                                for c, n in enumerate(CLASSES)]}

@@ -4,7 +4,8 @@ tfmot's quantize/prune APIs reject Keras 3 models. The same builder functions
 build the architecture under ``tf_keras``; ``copy_weights`` transfers the
 trained values layer by layer (layers with weights are matched in graph order
 and must have identical weight shapes; names are compared where Keras does not
-auto-number them).
+auto-number them, after mapping tf_keras' MobileNetV3 names to Keras 3's:
+``expanded_conv_1/expand/BatchNorm`` -> ``expanded_conv_1_expand_bn``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ import numpy as np
 from keras_fpn.models.factory import build_model
 
 _AUTO_NAME = re.compile(r"^(activation|re_lu|multiply|add|rescaling)(_\d+)?$")
+
+
+def _canonical(name: str) -> str:
+    """A layer name as Keras 3 spells it (tf_keras' MobileNetV3 uses ``/`` scopes and capitals)."""
+    return name.lower().replace("/batchnorm", "_bn").replace("/", "_")
 
 
 def _weighted_layers(model):
@@ -34,7 +40,7 @@ def copy_weights(src, dst) -> int:
         raise ValueError(f"models differ: {len(src_layers)} vs {len(dst_layers)} layers with weights")
     copied = 0
     for a, b in zip(src_layers, dst_layers):
-        if a.name != b.name and not (_AUTO_NAME.match(a.name) and _AUTO_NAME.match(b.name)):
+        if _canonical(a.name) != _canonical(b.name) and not (_AUTO_NAME.match(a.name) and _AUTO_NAME.match(b.name)):
             raise ValueError(f"layer mismatch: {a.name!r} vs {b.name!r}")
         values = [np.asarray(w) for w in a.get_weights()]
         shapes = [tuple(w.shape) for w in b.get_weights()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import weakref
 from pathlib import Path
 
 import keras
@@ -39,6 +40,9 @@ class BackupEveryStepsAndEpoch(keras.callbacks.BackupAndRestore):
             self._save_model()
 
 
+_BN_FORWARD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def recompute_bn_statistics(model, batches) -> int:
     """Precise BN: replace every BatchNorm's moving mean/variance by the average of
     its batch statistics over ``batches`` (an iterable of image batches), with the
@@ -47,20 +51,46 @@ def recompute_bn_statistics(model, batches) -> int:
     Why: moving averages lag behind weights that still change quickly; measured on
     the synthetic demo, eval-mode AP50 went from 0.01 to 0.45 on the same weights.
 
+    How: with every momentum set to 0 a training-mode forward pass leaves exactly
+    that batch's mean and (biased) variance in the moving statistics; they are read
+    after each batch and averaged. The forward pass is one compiled ``tf.function``
+    (an eager call cost 13.5 s for 20 batches of 16 at 160 px), traced once per model.
+
     Returns:
       The number of batches used.
     """
+    import numpy as np
+    import tensorflow as tf
+
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     saved = [l.momentum for l in bns]
+    stats = [(l.moving_mean, l.moving_variance) for l in bns]
+    before = [[np.asarray(v) for v in pair] for pair in stats]
+    sums = [[np.zeros(v.shape, np.float64) for v in pair] for pair in stats]
     count = 0
     try:
+        for layer in bns:
+            layer.momentum = 0.0
+        forward = _BN_FORWARD.get(model)
+        if forward is None:  # traced once per model, always with momentum 0
+            forward = _BN_FORWARD[model] = tf.function(lambda x: model(x, training=True))
         for count, images in enumerate(batches, start=1):
-            for layer in bns:  # cumulative average: new = old * (k-1)/k + batch / k
-                layer.momentum = (count - 1) / count
-            model(images, training=True)
+            forward(images)
+            for acc, pair in zip(sums, stats):
+                for a, v in zip(acc, pair):
+                    a += np.asarray(v)
+    except BaseException:  # leave the statistics as they were
+        for old, pair in zip(before, stats):
+            for o, v in zip(old, pair):
+                v.assign(o)
+        raise
     finally:
         for layer, momentum in zip(bns, saved):
             layer.momentum = momentum
+    if count:
+        for acc, pair in zip(sums, stats):
+            for a, v in zip(acc, pair):
+                v.assign((a / count).astype(np.float32))
     return count
 
 
