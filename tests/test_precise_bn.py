@@ -50,3 +50,18 @@ def test_failure_midway_leaves_statistics_unchanged():
     np.testing.assert_array_equal(bn1.moving_mean.numpy(), np.zeros(3))
     np.testing.assert_array_equal(bn1.moving_variance.numpy(), np.ones(3))
     assert bn1.momentum == 0.99
+
+
+def test_the_cached_forward_does_not_keep_the_model_alive():
+    import gc
+    import weakref
+
+    from keras_fpn.training import callbacks
+
+    model = _model()
+    recompute_bn_statistics(model, [np.ones((2, 3, 5, 2), "float32")])
+    assert model in callbacks._BN_FORWARD
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

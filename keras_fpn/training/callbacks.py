@@ -72,8 +72,9 @@ def recompute_bn_statistics(model, batches) -> int:
         for layer in bns:
             layer.momentum = 0.0
         forward = _BN_FORWARD.get(model)
-        if forward is None:  # traced once per model, always with momentum 0
-            forward = _BN_FORWARD[model] = tf.function(lambda x: model(x, training=True))
+        if forward is None:  # traced once per model, always with momentum 0; holds no strong
+            ref = weakref.ref(model)  # reference to the model, so the cache entry dies with it
+            forward = _BN_FORWARD[model] = tf.function(lambda x: ref()(x, training=True))
         for count, images in enumerate(batches, start=1):
             forward(images)
             for acc, pair in zip(sums, stats):
