@@ -70,17 +70,17 @@ def test_shipped_configs_load():
         assert first.startswith("#"), f"{path} must say what it reaches in its first lines"
 
 
-def test_ablation_configs_differ_from_the_demo_only_in_the_neck():
+def test_ablation_configs_differ_from_their_base_only_in_the_neck():
     from pathlib import Path
     configs = Path(__file__).parents[1] / "configs"
-    demo = config_to_dict(load_config(configs / "synthetic_retinanet_mobilenetv2.yaml"))
+    base = config_to_dict(load_config(configs / "synthetic_retinanet_mobilenetv2.yaml"))
     levels = {"fpn": (3, 4, 5, 6), "c5_only": (5,), "finest_no_topdown": (3,)}
     for neck, head_levels in levels.items():
         cfg = load_config(configs / f"ablation_{neck}.yaml")
         assert cfg.model.neck == neck and cfg.model.head_levels == head_levels
         got = config_to_dict(cfg)
         got["model"]["neck"] = "fpn"
-        assert got == demo, neck
+        assert got == base, neck
 
 
 def test_exponent_without_dot_is_a_number():
