@@ -797,17 +797,17 @@ def representative_from_config(config, labels=None, n: Optional[int] = None, see
 def train_data_from_config(config, labels=None, seed: int = 0):
     """The QAT / pruning fine-tuning ``tf.data`` pipeline (training augmentation) of a config."""
     from keras_fpn.data.pipeline import build_detection_dataset
+    from keras_fpn.training.train import matcher_options
 
     if not config.data.train:
         raise ExportError("qat-int8 / --prune need training data: the config has no data.train")
     ds = _read_split(config.data.train, config.data.train_include, labels)
-    t, d = config.train, config.data
+    d = config.data
     augment = {"hflip": d.hflip, "scale_jitter": tuple(d.scale_jitter), "photometric": d.photometric}
     return build_detection_dataset(
-        ds, image_size=tuple(config.model.image_size), anchors=detector_anchors(config.model),
-        normalization=_normalization(config.model), batch_size=config.export.qat_batch_size,
-        training=True, augment=augment, positive_iou=t.positive_iou, negative_iou=t.negative_iou,
-        scale_factors=tuple(config.model.box_scale_factors), seed=seed, cache=d.cache)
+        ds, image_size=tuple(config.model.image_size), normalization=_normalization(config.model),
+        batch_size=config.export.qat_batch_size, training=True, augment=augment,
+        **matcher_options(config), seed=seed, cache=d.cache)
 
 
 def export_model(run_or_model, mode: str, *, out=None, raw: bool = False, prune: Optional[float] = None,

@@ -141,6 +141,8 @@ class TrainConfig:
     eval_every: int = 5                  # COCO evaluation on the val split every N epochs (0: never)
     checkpoint_metric: str = "val_AP"    # "val_AP" | "val_loss" | "val_mIoU" (segmentation)
     seed: int = 0
+    matcher: str = "iou"                 # "iou" (RetinaNet 0.5 / 0.4 thresholds) | "atss" (per-box threshold)
+    atss_top_k: int = 9                  # atss: candidate anchors per level and box
     positive_iou: float = 0.5
     negative_iou: float = 0.4
     focal_alpha: float = 0.25
@@ -152,6 +154,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"train.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.matcher not in ("iou", "atss"):
+            raise ConfigError(f"train.matcher must be 'iou' or 'atss', got {self.matcher!r}")
+        if self.atss_top_k < 1:
+            raise ConfigError(f"train.atss_top_k must be >= 1, got {self.atss_top_k}")
         if self.checkpoint_metric not in CHECKPOINT_METRICS:
             raise ConfigError(f"train.checkpoint_metric must be 'val_AP' or 'val_loss' (or 'val_mIoU' for "
                               f"segmentation), got {self.checkpoint_metric!r}")

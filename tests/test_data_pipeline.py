@@ -169,10 +169,14 @@ def _dataset(tmp_path, n=3, crowd=False):
 ANCHORS = generate_anchors((64, 64), 3, 4, 4.0, 2, (0.5, 1.0, 2.0))
 
 
-def test_eval_pipeline_targets_equal_encode_targets(tmp_path):
+ATSS = dict(matcher="atss", level_sizes=[8 * 8 * 6, 4 * 4 * 6], atss_top_k=9)
+
+
+@pytest.mark.parametrize("matcher", [{}, ATSS], ids=["iou", "atss"])
+def test_eval_pipeline_targets_equal_encode_targets(tmp_path, matcher):
     ds = _dataset(tmp_path)
     tds = build_detection_dataset(ds, image_size=64, anchors=ANCHORS, normalization=MOBILENET,
-                                  batch_size=2, training=False)
+                                  batch_size=2, training=False, **matcher)
     batches = list(tds)
     assert [b[0].shape[0] for b in batches] == [2, 1]
     x, y = batches[0]
@@ -183,10 +187,21 @@ def test_eval_pipeline_targets_equal_encode_targets(tmp_path):
     np.testing.assert_allclose(x[0].numpy(), ref.numpy(), atol=1e-6)
     nh, nw = hw.numpy()  # (38, 64): 120 * 64/200 = 38.4
     canvas_boxes = ds.records[0].boxes * np.array([nh / 64, nw / 64, nh / 64, nw / 64], np.float32)
-    t = encode_targets(canvas_boxes, np.array([0, 1]), ANCHORS)
+    t = encode_targets(canvas_boxes, np.array([0, 1]), ANCHORS, image_size=(64, 64), **matcher)
     np.testing.assert_allclose(y["box_deltas"][0].numpy(), t["box_deltas"].numpy(), atol=1e-4)
     np.testing.assert_array_equal(y["class_logits"][0].numpy(), t["class_logits"].numpy())
     assert set(np.unique(y["class_logits"][0].numpy())) >= {-1.0, 0.0, 1.0}
+
+
+def test_matcher_options_follow_the_config():
+    from keras_fpn.config import config_from_dict
+    from keras_fpn.training.train import matcher_options
+
+    cfg = config_from_dict({}, ["model.image_size=[96, 160]", "model.max_level=5", "model.scales_per_octave=2",
+                             "model.aspect_ratios=[1.0]", "train.matcher=atss", "train.atss_top_k=4"])
+    kw = matcher_options(cfg)
+    assert kw["matcher"] == "atss" and kw["atss_top_k"] == 4
+    assert kw["level_sizes"] == [12 * 20 * 2, 6 * 10 * 2, 3 * 5 * 2] and len(kw["anchors"]) == 630
 
 
 def test_training_pipeline_deterministic_per_seed_and_new_each_epoch(tmp_path):

@@ -512,8 +512,9 @@ def _seeded_examples(dataset: DetectionDataset, *, shuffle: bool, seed: Optional
 
 def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, normalization,
                             batch_size: int, training: bool, augment: Any = "default",
-                            positive_iou: float = 0.5, negative_iou: float = 0.4,
-                            force_match: bool = True,
+                            matcher: str = "iou", positive_iou: float = 0.5, negative_iou: float = 0.4,
+                            force_match: bool = True, level_sizes: Optional[Sequence[int]] = None,
+                            atss_top_k: int = 9,
                             scale_factors: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
                             crowd_ioa: float = 0.5, shuffle: bool = True,
                             seed: Optional[int] = None, deterministic: bool = False,
@@ -530,9 +531,12 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
         training: Shuffle and augment (validation: neither).
         augment: AugmentConfig, dict, True/None/False; "default" = AugmentConfig()
             when training. Ignored when not training.
-        positive_iou: Matcher positive IoU threshold.
-        negative_iou: Matcher background IoU threshold.
+        matcher: ``"iou"`` or ``"atss"`` (``keras_fpn.ops.matcher``).
+        positive_iou: Matcher positive IoU threshold (iou).
+        negative_iou: Matcher background IoU threshold (iou).
         force_match: Matcher force-match each box to its best anchor.
+        level_sizes: Anchors per level in ``anchors`` order (needed by atss).
+        atss_top_k: Candidates per level and box (atss).
         scale_factors: Box coder (sy, sx, sh, sw).
         crowd_ioa: Background anchors this much inside a crowd box are ignored.
         shuffle: Shuffle each epoch (training only).
@@ -557,8 +561,9 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
     _norm_params(normalization)  # validate early
     ds = _seeded_examples(dataset, shuffle=training and shuffle, seed=seed, cache=cache,
                           strict=strict, deterministic=deterministic)
-    matcher_kw = dict(positive_iou=positive_iou, negative_iou=negative_iou,
-                      force_match=force_match, scale_factors=tuple(scale_factors))
+    matcher_kw = dict(matcher=matcher, positive_iou=positive_iou, negative_iou=negative_iou,
+                      force_match=force_match, level_sizes=level_sizes, atss_top_k=atss_top_k,
+                      image_size=(H, W), scale_factors=tuple(scale_factors))
     min_visible = cfg.min_visible if cfg is not None else 0.0
 
     def prepare(ex, pair):

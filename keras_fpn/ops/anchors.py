@@ -197,6 +197,13 @@ def model_anchors_per_location(model_cfg) -> int:
     return octaves * num_anchors_per_location(model_cfg.scales_per_octave, model_cfg.aspect_ratios)
 
 
+def model_level_sizes(model_cfg) -> list[int]:
+    """Anchors per level of a ``ModelConfig``, in :func:`model_anchors` order (for the ATSS matcher)."""
+    return list(anchors_per_level(tuple(model_cfg.image_size), model_cfg.min_level, model_cfg.max_level,
+                                  model_cfg.scales_per_octave, tuple(model_cfg.aspect_ratios),
+                                  on_level=_on_level(model_cfg)).values())
+
+
 def model_anchors(model_cfg) -> np.ndarray:
     """``[A, 4]`` anchors of a ``keras_fpn.config.ModelConfig``, in its model's output order.
 

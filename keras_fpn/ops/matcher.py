@@ -18,6 +18,20 @@ Matching rule (RetinaNet, thresholds 0.5 / 0.4 by default):
    same anchor, the one with the highest IoU with it wins (ties: the lowest
    ground-truth row). Boxes whose best IoU is 0 (degenerate or outside every
    anchor) claim nothing.
+
+ATSS rule (``matcher="atss"``, Zhang et al. 2020, "Bridging the Gap Between
+Anchor-based and Anchor-free Detection"): instead of fixed thresholds, each
+box picks its own from its candidates, so a box much smaller than the anchors
+of its level still gets several positives (with RetinaNet's rule a 12 px box
+has IoU 0.14 with a 32 px anchor: it only gets the force-matched one).
+
+1. Candidates: on every level, the ``top_k`` anchors whose centres are
+   nearest (in pixels) to the box centre.
+2. Threshold: mean + standard deviation (n - 1) of the candidates' IoUs.
+3. A candidate with IoU >= threshold whose centre lies strictly inside the box
+   is positive. An anchor positive for several boxes takes the highest IoU
+   (ties: the lowest ground-truth row). Every other anchor is background
+   (no ignore band). Force-match (step 2 above) applies on top.
 """
 from __future__ import annotations
 
@@ -69,8 +83,36 @@ def _first_argmax(values: tf.Tensor, axis: int):
     return best, first
 
 
-def encode_targets(gt_boxes, gt_classes, anchors, *, positive_iou: float = 0.5,
+def _atss_positives(iou, gt_boxes, anchors, level_sizes: Sequence[int], top_k: int,
+                    image_size: Sequence[int]) -> tf.Tensor:
+    """``[N, A]`` bool: anchor a is an ATSS positive of box n (module doc, steps 1-3)."""
+    h, w = float(image_size[0]), float(image_size[1])
+    gt_centre = tf.stack([(gt_boxes[:, 0] + gt_boxes[:, 2]) * 0.5, (gt_boxes[:, 1] + gt_boxes[:, 3]) * 0.5], -1)
+    a_centre = tf.stack([(anchors[:, 0] + anchors[:, 2]) * 0.5, (anchors[:, 1] + anchors[:, 3]) * 0.5], -1)
+    d = (gt_centre[:, None, :] - a_centre[None, :, :]) * tf.constant([h, w], tf.float32)
+    dist = tf.reduce_sum(tf.square(d), axis=-1)  # (N, A), squared pixels
+    candidates, start = [], 0
+    for size in level_sizes:
+        _, idx = tf.math.top_k(-dist[:, start:start + size], k=min(int(top_k), int(size)), sorted=False)
+        candidates.append(idx + start)
+        start += size
+    candidates = tf.concat(candidates, axis=1)  # (N, K)
+    cand_iou = tf.gather(iou, candidates, batch_dims=1)  # (N, K)
+    k = int(candidates.shape[1])
+    mean = tf.reduce_mean(cand_iou, axis=1, keepdims=True)
+    var = tf.reduce_sum(tf.square(cand_iou - mean), axis=1, keepdims=True) / max(k - 1, 1)
+    cand_centre = tf.gather(a_centre, candidates)  # (N, K, 2)
+    inside = tf.reduce_all(tf.logical_and(cand_centre > gt_boxes[:, None, :2], cand_centre < gt_boxes[:, None, 2:]), -1)
+    chosen = tf.logical_and(cand_iou >= mean + tf.sqrt(var), inside)
+    rows = tf.broadcast_to(tf.range(tf.shape(candidates)[0])[:, None], tf.shape(candidates))
+    hits = tf.boolean_mask(tf.stack([rows, candidates], axis=-1), chosen)
+    return tf.scatter_nd(hits, tf.ones(tf.shape(hits)[:1], tf.int32), tf.shape(iou)) > 0
+
+
+def encode_targets(gt_boxes, gt_classes, anchors, *, matcher: str = "iou", positive_iou: float = 0.5,
                    negative_iou: float = 0.4, force_match: bool = True,
+                   level_sizes: Sequence[int] | None = None, atss_top_k: int = 9,
+                   image_size: Sequence[int] = (1, 1),
                    scale_factors: Sequence[float] = DEFAULT_SCALE_FACTORS) -> dict:
     """Match ground truth to anchors and encode the per-anchor training targets.
 
@@ -79,9 +121,14 @@ def encode_targets(gt_boxes, gt_classes, anchors, *, positive_iou: float = 0.5,
         gt_classes: ``[N]`` class ids; rows with a negative id are padding and
             are ignored.
         anchors: ``[A, 4]`` normalized yxyx anchors.
-        positive_iou: IoU at or above which an anchor is positive (RetinaNet 0.5).
-        negative_iou: IoU below which an anchor is background (RetinaNet 0.4).
+        matcher: ``"iou"`` (RetinaNet thresholds) or ``"atss"`` (see module doc).
+        positive_iou: IoU at or above which an anchor is positive (RetinaNet 0.5; iou only).
+        negative_iou: IoU below which an anchor is background (RetinaNet 0.4; iou only).
         force_match: give every real box its best anchor (see module doc).
+        level_sizes: atss: anchors per pyramid level, in ``anchors`` order
+            (``keras_fpn.ops.anchors.anchors_per_level``); they sum to A.
+        atss_top_k: atss: candidates per level and box.
+        image_size: atss: canvas ``(height, width)`` in pixels, for centre distances.
         scale_factors: box coder ``(sy, sx, sh, sw)``.
 
     Returns:
@@ -89,6 +136,8 @@ def encode_targets(gt_boxes, gt_classes, anchors, *, positive_iou: float = 0.5,
         "class_logits": [A] float32}``: class id for positives, -1 background,
         -2 ignored. Deltas and weight are 0 on non-positive anchors.
     """
+    if matcher not in ("iou", "atss"):
+        raise ValueError(f"matcher must be 'iou' or 'atss', got {matcher!r}")
     if negative_iou > positive_iou:
         raise ValueError(f"negative_iou ({negative_iou}) must be <= positive_iou ({positive_iou})")
     anchors = tf.reshape(tf.cast(tf.convert_to_tensor(anchors), tf.float32), [-1, 4])
@@ -108,8 +157,19 @@ def encode_targets(gt_boxes, gt_classes, anchors, *, positive_iou: float = 0.5,
     boxes_s = tf.concat([gt_boxes, tf.zeros([1, 4], tf.float32)], axis=0)
     classes_s = tf.concat([gt_classes, tf.constant([-1], tf.int32)], axis=0)
 
-    best_iou, matched = _first_argmax(iou_s, axis=0)  # (A,), (A,)
-    positive = best_iou >= positive_iou
+    if matcher == "atss":
+        if level_sizes is None or sum(int(n) for n in level_sizes) != int(anchors.shape[0]):
+            raise ValueError(f"matcher 'atss' needs level_sizes summing to the {anchors.shape[0]} anchors, "
+                             f"got {level_sizes}")
+        chosen = _atss_positives(iou, gt_boxes, anchors, level_sizes, atss_top_k, image_size)
+        chosen_iou = tf.concat([tf.where(chosen, iou, -1.0), -tf.ones([1, num_anchors], tf.float32)], axis=0)
+        _, matched = _first_argmax(chosen_iou, axis=0)
+        positive = tf.reduce_any(chosen, axis=0)
+        between = tf.zeros_like(positive)  # no ignore band: every other anchor is background
+    else:
+        best_iou, matched = _first_argmax(iou_s, axis=0)  # (A,), (A,)
+        positive = best_iou >= positive_iou
+        between = best_iou >= negative_iou
 
     if force_match:
         # Each real box's best anchor, ties -> lowest anchor index.
@@ -125,7 +185,7 @@ def encode_targets(gt_boxes, gt_classes, anchors, *, positive_iou: float = 0.5,
         matched = tf.where(forced, forced_gt, matched)
         positive = tf.logical_or(positive, forced)
 
-    ignore = tf.logical_and(tf.logical_not(positive), best_iou >= negative_iou)
+    ignore = tf.logical_and(tf.logical_not(positive), between)
     matched_classes = tf.cast(tf.gather(classes_s, matched), tf.float32)
     class_targets = tf.where(positive, matched_classes,
                              tf.where(ignore, IGNORE, BACKGROUND))

@@ -72,6 +72,16 @@ def model_anchors(model_cfg):
     return anchors_of(model_cfg)
 
 
+def matcher_options(cfg: Config) -> dict:
+    """``build_detection_dataset``'s anchor and matcher keywords of a config (train and QAT share them)."""
+    from keras_fpn.ops.anchors import model_level_sizes
+
+    t = cfg.train
+    return dict(anchors=model_anchors(cfg.model), matcher=t.matcher, positive_iou=t.positive_iou,
+                negative_iou=t.negative_iou, level_sizes=model_level_sizes(cfg.model),
+                atss_top_k=t.atss_top_k, scale_factors=tuple(cfg.model.box_scale_factors))
+
+
 def training_pipeline(cfg: Config, dataset, *, training: bool, batch_size: int | None = None, seed=None):
     """The tf.data pipeline of a config (shared by train and QAT fine-tuning); by ``model.task``."""
     from keras_fpn.data.pipeline import AugmentConfig, build_detection_dataset, build_segmentation_dataset
@@ -86,11 +96,9 @@ def training_pipeline(cfg: Config, dataset, *, training: bool, batch_size: int |
             augment=augment if training else None, ignore_label=cfg.model.ignore_label,
             seed=cfg.train.seed if seed is None else seed, cache=cfg.data.cache, strict=cfg.data.strict)
     return build_detection_dataset(
-        dataset, image_size=cfg.model.image_size, anchors=model_anchors(cfg.model),
-        normalization=NORMALIZATION[cfg.model.backbone], batch_size=batch_size or cfg.train.batch_size,
-        training=training, augment=augment if training else None, positive_iou=cfg.train.positive_iou,
-        negative_iou=cfg.train.negative_iou, scale_factors=cfg.model.box_scale_factors,
-        seed=cfg.train.seed if seed is None else seed, cache=cfg.data.cache, strict=cfg.data.strict)
+        dataset, image_size=cfg.model.image_size, normalization=NORMALIZATION[cfg.model.backbone],
+        batch_size=batch_size or cfg.train.batch_size, training=training,
+        augment=augment if training else None, **matcher_options(cfg), seed=cfg.train.seed if seed is None else seed, cache=cfg.data.cache, strict=cfg.data.strict)
 
 
 def losses(cfg: Config) -> tuple[dict, dict]:
