@@ -795,19 +795,15 @@ def representative_from_config(config, labels=None, n: Optional[int] = None, see
 
 
 def train_data_from_config(config, labels=None, seed: int = 0):
-    """The QAT / pruning fine-tuning ``tf.data`` pipeline (training augmentation) of a config."""
-    from keras_fpn.data.pipeline import build_detection_dataset
-    from keras_fpn.training.train import matcher_options
+    """The QAT / pruning fine-tuning ``tf.data`` pipeline of a config: training's own pipeline
+    (``keras_fpn.training.train.training_pipeline``: augmentation, matcher, by ``model.task``)
+    in batches of ``export.qat_batch_size``."""
+    from keras_fpn.training.train import training_pipeline
 
     if not config.data.train:
         raise ExportError("qat-int8 / --prune need training data: the config has no data.train")
     ds = _read_split(config.data.train, config.data.train_include, labels)
-    d = config.data
-    augment = {"hflip": d.hflip, "scale_jitter": tuple(d.scale_jitter), "photometric": d.photometric}
-    return build_detection_dataset(
-        ds, image_size=tuple(config.model.image_size), normalization=_normalization(config.model),
-        batch_size=config.export.qat_batch_size, training=True, augment=augment,
-        **matcher_options(config), seed=seed, cache=d.cache)
+    return training_pipeline(config, ds, training=True, batch_size=config.export.qat_batch_size, seed=seed)
 
 
 def export_model(run_or_model, mode: str, *, out=None, raw: bool = False, prune: Optional[float] = None,

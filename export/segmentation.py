@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from fpn_export.convert import (ExportError, _normalization, _read_split, _resolve_mode_io,
+from fpn_export.convert import (ExportError, _normalization, _resolve_mode_io,
                                 check_export_args, check_loads, convert_keras, graph_to_convert,
-                                write_export)
+                                train_data_from_config, write_export)
 
 __all__ = ["export_segmenter", "segmentation_metadata", "seg_train_data_from_config",
            "tf_keras_seg_losses", "tflite_class_maps", "evaluate_tflite"]
@@ -81,18 +81,8 @@ def tf_keras_seg_losses(config) -> tuple:
 
 
 def seg_train_data_from_config(config, seed: int = 0):
-    """The QAT fine-tuning ``tf.data`` pipeline (training augmentation) of a segmentation config."""
-    from keras_fpn.data.pipeline import build_segmentation_dataset
-
-    if not config.data.train:
-        raise ExportError("qat-int8 needs training data: the config has no data.train")
-    ds = _read_split(config.data.train, config.data.train_include, None)
-    d = config.data
-    augment = {"hflip": d.hflip, "scale_jitter": tuple(d.scale_jitter), "photometric": d.photometric}
-    return build_segmentation_dataset(
-        ds, image_size=tuple(config.model.image_size), normalization=_normalization(config.model),
-        batch_size=config.export.qat_batch_size, training=True, augment=augment,
-        ignore_label=config.model.ignore_label, seed=seed, cache=d.cache)
+    """The QAT fine-tuning ``tf.data`` pipeline of a segmentation config (``train_data_from_config``)."""
+    return train_data_from_config(config, seed=seed)
 
 
 def export_segmenter(model, config, labels, mode: str, *, out, representative=None, train_data=None,
