@@ -73,7 +73,7 @@ def model_anchors(model_cfg):
 
 
 def matcher_options(cfg: Config) -> dict:
-    """``build_detection_dataset``'s anchor and matcher keywords of a config (train and QAT share them)."""
+    """``build_detection_dataset``'s anchor and matcher keywords of a config."""
     from keras_fpn.ops.anchors import model_level_sizes
 
     t = cfg.train
@@ -98,7 +98,8 @@ def training_pipeline(cfg: Config, dataset, *, training: bool, batch_size: int |
     return build_detection_dataset(
         dataset, image_size=cfg.model.image_size, normalization=NORMALIZATION[cfg.model.backbone],
         batch_size=batch_size or cfg.train.batch_size, training=training,
-        augment=augment if training else None, **matcher_options(cfg), seed=cfg.train.seed if seed is None else seed, cache=cfg.data.cache, strict=cfg.data.strict)
+        augment=augment if training else None, **matcher_options(cfg),
+        seed=cfg.train.seed if seed is None else seed, cache=cfg.data.cache, strict=cfg.data.strict)
 
 
 def losses(cfg: Config) -> tuple[dict, dict]:
