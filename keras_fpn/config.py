@@ -46,6 +46,7 @@ class ModelConfig:
     fpn_lite: bool = False
     fpn_batch_norm: bool = False
     extra_levels_from: str = "C5"
+    fpn_finer_input: bool = False               # P{min} also adds a stride-2 3x3 conv of C{min-1} (small-object detail)
     neck: str = "fpn"                           # "fpn" | "c5_only" | "finest_no_topdown" (NECKS)
     head: str = "retinanet"                     # "retinanet" | "ssd_fpnlite"
     head_width: int = 128
@@ -137,7 +138,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     clipnorm: float | None = 10.0
     freeze_backbone_epochs: int = 0
-    precise_bn_batches: int = 20         # recompute BN statistics on N train batches each epoch (0: off)
+    precise_bn_batches: int = 20         # recompute BN statistics on N train batches before each evaluation (0: off)
     eval_every: int = 5                  # COCO evaluation on the val split every N epochs (0: never)
     checkpoint_metric: str = "val_AP"    # "val_AP" | "val_loss" | "val_mIoU" (segmentation)
     seed: int = 0

@@ -85,34 +85,59 @@ def detections_to_coco(image_id: int, boxes, scores, classes, count: int, *, ori
     return out
 
 
-def predict_dataset(model, dataset, model_cfg, *, batch_size: int = 8, progress: bool = False) -> list:
-    """Run a Keras detector over a dataset; return COCO results in original pixels."""
-    from keras_fpn.data.pipeline import build_inference_dataset, canvas_to_original
-    from keras_fpn.models.backbones import NORMALIZATION
+def detection_function(model, model_cfg):
+    """The model's forward pass + ``decode_detections`` as one traced ``tf.function``:
+    normalized images ``[B, H, W, 3]`` -> the padded detections of ``decode_detections``.
+
+    Traced instead of eager Keras, which dispatches op by op (0.82 vs 0.14 s per batch
+    of 8 of the demo model); without autograph, which nothing here needs (its source
+    conversion alone took ~10 s); ``reduce_retracing``: a last, smaller batch makes
+    one batch-agnostic trace. Keep it across calls (as the training evaluation does)
+    to trace once.
+    """
+    import tensorflow as tf
+
     from keras_fpn.ops.anchors import model_anchors
     from keras_fpn.ops.postprocess import decode_detections
 
     anchors = model_anchors(model_cfg)
-    ds = build_inference_dataset(dataset, image_size=model_cfg.image_size,
-                                 normalization=NORMALIZATION[model_cfg.backbone], batch_size=batch_size)
     nms = dict(scale_factors=model_cfg.box_scale_factors, score_threshold=model_cfg.score_threshold,
                iou_threshold=model_cfg.iou_threshold, max_detections=model_cfg.max_detections,
                max_detections_per_class=model_cfg.max_detections_per_class)
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def detect(images):
+        raw = model(images, training=False)
+        return decode_detections(raw["box_deltas"], raw["class_logits"], anchors, **nms)
+
+    return detect
+
+
+def predict_dataset(model, dataset, model_cfg, *, batch_size: int = 8, progress: bool = False,
+                    detect=None) -> list:
+    """Run a Keras detector over a dataset; return COCO results in original pixels.
+
+    ``detect``: a ``detection_function(model, model_cfg)`` to reuse (default: a new one).
+    """
+    from keras_fpn.data.pipeline import build_inference_dataset, canvas_to_original
+    from keras_fpn.models.backbones import NORMALIZATION
+
+    detect = detect or detection_function(model, model_cfg)
+    ds = build_inference_dataset(dataset, image_size=model_cfg.image_size,
+                                 normalization=NORMALIZATION[model_cfg.backbone], batch_size=batch_size)
     results = []
     iterator = ds
     if progress:
         from tqdm import tqdm
         iterator = tqdm(ds, total=-(-len(dataset) // batch_size), desc="evaluate", unit="batch", leave=False)
     for images, info in iterator:
-        raw = model(images, training=False)
-        det = decode_detections(raw["box_deltas"], raw["class_logits"], anchors, **nms)
-        for i in range(int(images.shape[0])):
-            boxes = canvas_to_original(det["boxes"][i].numpy(), info["resized_hw"][i].numpy(),
-                                       model_cfg.image_size)
-            results += detections_to_coco(int(info["image_id"][i]), boxes, det["scores"][i].numpy(),
-                                          det["classes"][i].numpy(), int(det["num_detections"][i]),
-                                          original_hw=info["original_hw"][i].numpy(),
-                                          label_map=dataset.label_map)
+        det = {k: v.numpy() for k, v in detect(images).items()}
+        info = {k: v.numpy() for k, v in info.items()}
+        for i in range(len(det["num_detections"])):
+            boxes = canvas_to_original(det["boxes"][i], info["resized_hw"][i], model_cfg.image_size)
+            results += detections_to_coco(int(info["image_id"][i]), boxes, det["scores"][i],
+                                          det["classes"][i], int(det["num_detections"][i]),
+                                          original_hw=info["original_hw"][i], label_map=dataset.label_map)
     return results
 
 

@@ -76,6 +76,25 @@ def test_fpn_neck_parameter_count_by_hand():
     assert _neck_params(model) == laterals + outputs + p6 + p7 == 455_936
 
 
+def test_finer_input_adds_one_strided_conv_of_c2_into_p3():
+    # MobileNetV2 alpha 0.35: C2 (block_3_expand_relu) has 6 * 8 = 48 channels at stride 4.
+    base, feats = _pyramid_model("mobilenetv2", lite=False, max_level=7, width=32)
+    inputs = keras.Input((H, W, 3))
+    f = build_backbone(keras, "mobilenetv2", inputs, alpha=0.35, weights=None)
+    pyr = build_fpn(keras, f, min_level=3, max_level=7, width=32, lite=False, batch_norm=False,
+                    extra_levels_from="C5", finer_input=True)
+    model = keras.Model(inputs, pyr)
+    assert feats["C2"].shape[-1] == 48
+    assert _neck_params(model) - _neck_params(base) == 3 * 3 * 48 * 32 + 32
+    finer = model.get_layer("fpn_finer_P3")
+    assert tuple(finer.output.shape[1:]) == (H // 8, W // 8, 32)
+    assert finer.output in model.get_layer("fpn_merge_P3").input
+    assert all(tuple(t.shape[1:3]) == tuple(base.output[k].shape[1:3]) for k, t in pyr.items())
+    with pytest.raises(ValueError, match=r"finer_input needs the backbone's C1 \(stride 2\) for P2"):
+        build_fpn(keras, f, min_level=2, max_level=5, width=32, lite=False, batch_norm=False,
+                  extra_levels_from="C5", finer_input=True)
+
+
 def test_fpnlite_neck_parameter_count_by_hand():
     # Lite: depthwise 3x3 (no bias) + pointwise 1x1 (no bias) + BN (gamma, beta trainable).
     model, _ = _pyramid_model("mobilenetv2", lite=True, max_level=7, width=32)
@@ -146,6 +165,7 @@ def _tiny_cfg(preset, **kw):
 @pytest.mark.parametrize("preset, overrides", [
     ("retinanet_mobilenetv2_fpn", {"neck": "fpn"}), ("ssd_mobilenetv2_fpnlite", {"neck": "fpn"}),
     ("retinanet_mobilenetv2_fpn", {"neck": "c5_only"}), ("ssd_mobilenetv2_fpnlite", {"neck": "finest_no_topdown"}),
+    ("retinanet_mobilenetv2_fpn", {"fpn_finer_input": True}),
     # tf_keras names MobileNetV3 layers differently (Conv/BatchNorm vs conv_bn)
     ("retinanet_mobilenetv2_fpn", {"backbone": "mobilenetv3small_minimalistic", "backbone_alpha": 1.0}),
     ("retinanet_mobilenetv2_fpn", {"backbone": "mobilenetv3large", "backbone_alpha": 1.0})])

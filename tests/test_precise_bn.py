@@ -65,3 +65,33 @@ def test_the_cached_forward_does_not_keep_the_model_alive():
     del model
     gc.collect()
     assert ref() is None
+
+
+class _CountingBatches:
+    """A re-iterable of one batch that counts how often precise BN iterated it."""
+
+    def __init__(self):
+        self.passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        yield np.ones((2, 3, 5, 2), "float32")
+
+
+@pytest.mark.parametrize("monitor, expected", [("val_AP", [0, 0, 0, 1]), ("val_loss", [1, 2, 3, 4])])
+def test_precise_bn_runs_only_where_the_statistics_are_used(tmp_path, monitor, expected):
+    """No val split: only the last epoch's checkpoint is read with the moving statistics,
+    unless val_loss is monitored (best.* may be saved on any epoch)."""
+    from keras_fpn.training.callbacks import CocoEvalCheckpoint
+
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    batches = _CountingBatches()
+    cb = CocoEvalCheckpoint(tmp_path, None, None, every=2, last_epoch=4, monitor=monitor, bn_batches=batches)
+    cb.set_model(model)
+    passes = []
+    for epoch in range(4):
+        cb.on_epoch_end(epoch, {"val_loss": 1.0 - 0.1 * epoch})
+        passes.append(batches.passes)
+    assert passes == expected
+    assert (tmp_path / "last.weights.h5").is_file()

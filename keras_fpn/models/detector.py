@@ -63,7 +63,7 @@ def build_detector(cfg, *, ns: ModuleType = keras, batch_size: int | None = None
     levels = cfg.head_levels
     pyramid = build_fpn(ns, features, min_level=levels[0], max_level=levels[-1],
                         width=cfg.fpn_width, lite=cfg.fpn_lite, batch_norm=cfg.fpn_batch_norm,
-                        extra_levels_from=cfg.extra_levels_from)
+                        extra_levels_from=cfg.extra_levels_from, finer_input=cfg.fpn_finer_input)
     num_anchors = model_anchors_per_location(cfg)  # x levels min..max for a single-level neck
     maps = HEADS[cfg.head](ns, pyramid, num_classes=cfg.num_classes, num_anchors=num_anchors,
                            width=cfg.head_width, depth=cfg.head_depth, activation=cfg.activation,

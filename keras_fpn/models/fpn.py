@@ -7,6 +7,11 @@ same stride). For each level ``l`` in ``[min_level, min(max_level, 5)]``::
     merged_l  = lateral_l + NearestUp2(merged_{l+1})           fpn_upsample_P{l}, fpn_merge_P{l}
     P_l       = Conv3x3(merged_l)                              fpn_output_P{l}
 
+With ``finer_input`` the finest level also adds a stride-2 3x3 conv of the
+backbone tap one level finer (``C{min-1}``, e.g. C2 for P3; ``fpn_finer_P{min}``)
+into its merge: stride-4 detail for small objects at the cost of one conv at the
+finest level's resolution, instead of a whole extra level for the head.
+
 Levels above 5 (P6, P7) come from stride-2 3x3 convs: P6 from an explicitly
 chosen source (``"C5"`` as in RetinaNet, or ``"P5"``), P7 from ReLU(P6)
 (``fpn_extra_P6``, ``fpn_extra_P7_relu``, ``fpn_extra_P7``).
@@ -42,7 +47,7 @@ def _conv3x3(ns: ModuleType, x, *, width: int, strides: int, name: str, lite: bo
 
 
 def build_fpn(ns: ModuleType, features: dict, *, min_level: int, max_level: int, width: int,
-              lite: bool, batch_norm: bool, extra_levels_from: str) -> dict:
+              lite: bool, batch_norm: bool, extra_levels_from: str, finer_input: bool = False) -> dict:
     """Build the pyramid on backbone taps.
 
     Args:
@@ -54,6 +59,7 @@ def build_fpn(ns: ModuleType, features: dict, *, min_level: int, max_level: int,
       lite: depthwise-separable convs + BN + ReLU6 (SSD FPNLite).
       batch_norm: BatchNorm after the 3x3 convs in the standard variant.
       extra_levels_from: ``"C5"`` or ``"P5"``: the source of P6.
+      finer_input: add a stride-2 3x3 conv of ``C{min_level - 1}`` into ``P{min_level}``'s merge.
 
     Returns:
       ``{"P{l}": tensor [B, H / 2**l, W / 2**l, width]}`` for every level.
@@ -69,14 +75,19 @@ def build_fpn(ns: ModuleType, features: dict, *, min_level: int, max_level: int,
     if missing:
         raise ValueError(f"backbone features {missing} are needed for levels P{min_level}..P{top}")
 
+    finer = f"C{min_level - 1}"
+    if finer_input and finer not in features:
+        raise ValueError(f"finer_input needs the backbone's {finer} (stride {2 ** (min_level - 1)}) "
+                         f"for P{min_level}; the backbones tap C2..C5")
+
     merged = {}
     for level in range(top, min_level - 1, -1):
-        lateral = L.Conv2D(width, 1, name=f"fpn_lateral_P{level}")(features[f"C{level}"])
-        if level == top:
-            merged[level] = lateral
-        else:
-            up = L.UpSampling2D(2, interpolation="nearest", name=f"fpn_upsample_P{level}")(merged[level + 1])
-            merged[level] = L.Add(name=f"fpn_merge_P{level}")([lateral, up])
+        inputs = [L.Conv2D(width, 1, name=f"fpn_lateral_P{level}")(features[f"C{level}"])]
+        if level < top:
+            inputs.append(L.UpSampling2D(2, interpolation="nearest", name=f"fpn_upsample_P{level}")(merged[level + 1]))
+        if finer_input and level == min_level:
+            inputs.append(L.Conv2D(width, 3, strides=2, padding="same", name=f"fpn_finer_P{level}")(features[finer]))
+        merged[level] = inputs[0] if len(inputs) == 1 else L.Add(name=f"fpn_merge_P{level}")(inputs)
 
     pyramid = {f"P{l}": _conv3x3(ns, merged[l], width=width, strides=1, name=f"fpn_output_P{l}",
                                  lite=lite, batch_norm=batch_norm)

@@ -132,7 +132,7 @@ def build_segmenter(cfg, *, ns: ModuleType = keras, batch_size: int | None = Non
     top = min(cfg.max_level, BACKBONE_MAX_LEVEL)
     pyramid = build_fpn(ns, features, min_level=cfg.min_level, max_level=top, width=cfg.fpn_width,
                         lite=cfg.fpn_lite, batch_norm=cfg.fpn_batch_norm,
-                        extra_levels_from=cfg.extra_levels_from)
+                        extra_levels_from=cfg.extra_levels_from, finer_input=cfg.fpn_finer_input)
     logits = build_semantic_head(ns, pyramid, num_outputs=cfg.num_classes + 1, width=cfg.seg_width,
                                  c2=features["C2"] if cfg.seg_c2_skip else None,
                                  final_upsample=cfg.seg_final_upsample)
