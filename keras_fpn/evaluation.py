@@ -91,9 +91,9 @@ def detection_function(model, model_cfg):
 
     Traced instead of eager Keras, which dispatches op by op (0.82 vs 0.14 s per batch
     of 8 of the demo model); without autograph, which nothing here needs (its source
-    conversion alone took ~10 s); ``reduce_retracing``: a last, smaller batch makes
-    one batch-agnostic trace. Keep it across calls (as the training evaluation does)
-    to trace once.
+    conversion alone took ~10 s); traced once for any batch size (a last, smaller
+    batch would otherwise cost a second trace). Keep it across calls (as the training
+    evaluation does) to trace once.
     """
     import tensorflow as tf
 
@@ -105,7 +105,9 @@ def detection_function(model, model_cfg):
                iou_threshold=model_cfg.iou_threshold, max_detections=model_cfg.max_detections,
                max_detections_per_class=model_cfg.max_detections_per_class)
 
-    @tf.function(reduce_retracing=True, autograph=False)
+    height, width = model_cfg.image_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)], autograph=False)
     def detect(images):
         raw = model(images, training=False)
         return decode_detections(raw["box_deltas"], raw["class_logits"], anchors, **nms)
