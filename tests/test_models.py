@@ -16,11 +16,13 @@ from keras_fpn.models.twin import build_twin
 H, W = 320, 448  # non-square; divisible by 32 and 64, not by 128
 
 
-def _pyramid_model(backbone, *, lite, alpha=0.35, min_level=3, max_level=6, width=32, weights=None):
+def _pyramid_model(backbone, *, lite, alpha=0.35, min_level=3, max_level=6, width=32, weights=None,
+                   finer_input=False):
     inputs = keras.Input((H, W, 3))
     feats = build_backbone(keras, backbone, inputs, alpha=alpha, weights=weights)
     pyr = build_fpn(keras, feats, min_level=min_level, max_level=max_level, width=width,
-                    lite=lite, batch_norm=lite, extra_levels_from="P5" if lite else "C5")
+                    lite=lite, batch_norm=lite, extra_levels_from="P5" if lite else "C5",
+                    finer_input=finer_input)
     return keras.Model(inputs, pyr), feats
 
 
@@ -79,11 +81,8 @@ def test_fpn_neck_parameter_count_by_hand():
 def test_finer_input_adds_one_strided_conv_of_c2_into_p3():
     # MobileNetV2 alpha 0.35: C2 (block_3_expand_relu) has 6 * 8 = 48 channels at stride 4.
     base, feats = _pyramid_model("mobilenetv2", lite=False, max_level=7, width=32)
-    inputs = keras.Input((H, W, 3))
-    f = build_backbone(keras, "mobilenetv2", inputs, alpha=0.35, weights=None)
-    pyr = build_fpn(keras, f, min_level=3, max_level=7, width=32, lite=False, batch_norm=False,
-                    extra_levels_from="C5", finer_input=True)
-    model = keras.Model(inputs, pyr)
+    model, _ = _pyramid_model("mobilenetv2", lite=False, max_level=7, width=32, finer_input=True)
+    pyr = model.output
     assert feats["C2"].shape[-1] == 48
     assert _neck_params(model) - _neck_params(base) == 3 * 3 * 48 * 32 + 32
     finer = model.get_layer("fpn_finer_P3")
@@ -91,8 +90,7 @@ def test_finer_input_adds_one_strided_conv_of_c2_into_p3():
     assert finer.output in model.get_layer("fpn_merge_P3").input
     assert all(tuple(t.shape[1:3]) == tuple(base.output[k].shape[1:3]) for k, t in pyr.items())
     with pytest.raises(ValueError, match=r"finer_input needs the backbone's C1 \(stride 2\) for P2"):
-        build_fpn(keras, f, min_level=2, max_level=5, width=32, lite=False, batch_norm=False,
-                  extra_levels_from="C5", finer_input=True)
+        _pyramid_model("mobilenetv2", lite=False, min_level=2, max_level=5, finer_input=True)
 
 
 def test_fpnlite_neck_parameter_count_by_hand():
