@@ -224,6 +224,37 @@ def test_training_pipeline_deterministic_per_seed_and_new_each_epoch(tmp_path):
     assert sum(x.shape[0] for x, _ in cached) == 4 and sum(x.shape[0] for x, _ in cached) == 4
 
 
+def test_no_augmentation_caches_prepared_examples_and_reshuffles_them(tmp_path):
+    ds = _dataset(tmp_path, n=4)
+    identity = AugmentConfig(hflip=False, scale_jitter=(1.0, 1.0), photometric=False)
+    assert identity.is_identity and not AugmentConfig().is_identity
+
+    def epochs(cache, seed=3):
+        tds = build_detection_dataset(ds, image_size=64, anchors=ANCHORS, normalization=MOBILENET, batch_size=1,
+                                      training=True, augment=identity, seed=seed, cache=cache, deterministic=True)
+        return [[(x.numpy()[0], y["box_deltas"].numpy()[0], y["class_logits"].numpy()[0]) for x, y in tds]
+                for _ in range(2)]
+
+    def key(example):  # which image: the 4 scenes differ in their pixel sums
+        return round(float(example[0].sum()), 1)
+
+    cached, plain = epochs(True), epochs(False)
+    first, second = cached
+    assert sorted(map(key, first)) == sorted(map(key, second)) and len(first) == 4
+    assert [key(e) for e in first] != [key(e) for e in second]  # reshuffled after the cache
+    assert [key(e) for e in epochs(True)[0]] == [key(e) for e in first]  # same seed, same order
+    reference = {key(e): e for e in plain[0]}
+    rounded = []
+    for x, deltas, cls in first:
+        rx, rdeltas, rcls = min(reference.values(), key=lambda e: np.abs(e[0] - x).max())
+        # the cached canvas is rounded to uint8: at most half a grey level off (1/255 after x / 127.5 - 1)
+        assert np.abs(rx - x).max() <= 0.5 / 127.5 + 1e-6
+        rounded.append(np.abs(rx - x).max() > 0)
+        np.testing.assert_array_equal(rcls, cls)
+        np.testing.assert_allclose(rdeltas, deltas, atol=1e-6)
+    assert all(rounded)  # what is cached is the uint8 canvas (200 x 120 -> 64 x 38 px: fractional values)
+
+
 def test_crowd_box_is_ignore_region_not_positive(tmp_path):
     ds = _dataset(tmp_path, n=1, crowd=True)  # the blue box is a crowd region
     anchors = generate_anchors((64, 64), 2, 3, 2.0, 1, (1.0,))  # 8 and 16 px: some fit inside

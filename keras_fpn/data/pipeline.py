@@ -30,6 +30,9 @@ Conventions:
   ``keras_fpn.data.masks`` goes through the same flip / resize / crop /
   padding as the image (``augment_with_mask``; nearest resize, padding =
   ignore label); no photometric change touches it.
+- Caching (``cache=True``): decoded images are kept in memory; when nothing
+  is random (no augmentation) the prepared examples are kept instead (uint8
+  canvas + targets), so later epochs only shuffle, normalize and batch.
 - Randomness is stateless: each element gets a seed pair from
   ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`` (new
   values each epoch), so a fixed ``seed`` gives the same batches whatever
@@ -111,6 +114,11 @@ class AugmentConfig:
                 raise ValueError(f"unknown augmentation keys {sorted(unknown)}; known: {sorted(names)}")
             return cls(**value)
         raise TypeError(f"augment must be None, bool, dict or AugmentConfig, got {type(value).__name__}")
+
+    @property
+    def is_identity(self) -> bool:
+        """True when nothing is random: no flip, no scale jitter, no photometric change."""
+        return not self.hflip and self.scale_jitter == (1.0, 1.0) and not self.photometric
 
 
 def _hw(image_size) -> tuple:
@@ -486,10 +494,55 @@ def _options(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
 
 
 def _training_augment(augment: Any, training: bool) -> Optional[AugmentConfig]:
-    """The AugmentConfig of a pipeline: None unless training; "default" = AugmentConfig()."""
+    """The AugmentConfig of a pipeline: None unless training or when it changes nothing;
+    "default" = AugmentConfig()."""
     if not training:
         return None
-    return AugmentConfig.from_any(AugmentConfig() if augment == "default" else augment)
+    cfg = AugmentConfig.from_any(AugmentConfig() if augment == "default" else augment)
+    return None if cfg is None or cfg.is_identity else cfg
+
+
+def _resolve_seed(seed: Optional[int]) -> int:
+    if seed is None:
+        return int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF)
+    return int(seed)
+
+
+def _prepared_batches(examples: tf.data.Dataset, geometry, *, normalization, static: bool, shuffle: int,
+                      seed: int, batch_size: int, drop_remainder: bool, deterministic: bool) -> tf.data.Dataset:
+    """Normalize and batch the ``geometry`` of each (example, seed pair) element.
+
+    Args:
+        examples: ``_seeded_examples`` output.
+        geometry: (example, seed pair) -> (canvas float32 [H, W, 3] 0..255, labels).
+        static: ``geometry`` is not random (no augmentation) and the prepared
+            examples are cached: the canvas is kept as uint8 (rounded; exact
+            when no resize happens) with its labels, so later epochs only
+            shuffle, normalize and batch. ``examples`` must then be unshuffled.
+        shuffle: Shuffle buffer after the cache (static only; 0: none).
+        seed: Shuffle seed (static only).
+        normalization, batch_size, drop_remainder, deterministic: as the builders.
+    """
+    if static:
+        @_graph_only
+        def cached(ex, pair):
+            canvas, labels = geometry(ex, pair)
+            return tf.cast(tf.round(tf.clip_by_value(canvas, 0.0, 255.0)), tf.uint8), labels
+
+        ds = examples.map(cached, num_parallel_calls=AUTOTUNE, deterministic=True).cache()
+        if shuffle:
+            ds = ds.shuffle(shuffle, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(_graph_only(lambda image, labels: (normalize(tf.cast(image, tf.float32), normalization), labels)),
+                    num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    else:
+        @_graph_only
+        def prepared(ex, pair):
+            canvas, labels = geometry(ex, pair)
+            return normalize(canvas, normalization), labels
+
+        ds = examples.map(prepared, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+    return _options(ds, deterministic)
 
 
 def _seeded_examples(dataset: DetectionDataset, *, shuffle: bool, seed: Optional[int], cache: bool,
@@ -501,8 +554,7 @@ def _seeded_examples(dataset: DetectionDataset, *, shuffle: bool, seed: Optional
     Returns:
         tf.data.Dataset of (example dict, int64 [2] seed).
     """
-    if seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF)
+    seed = _resolve_seed(seed)
     n = len(dataset)
     if n == 0:
         raise DataError(f"{dataset.source}: the dataset has no images")
@@ -552,7 +604,11 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
         seed: Seed for shuffling and augmentation (None: random).
         deterministic: Keep element order under parallel map (always when not training).
         cache: Keep decoded images in memory after the first epoch (memory:
-            h * w * 3 bytes per image at the original size).
+            h * w * 3 bytes per image at the original size). Without
+            augmentation (validation, or an augmentation that changes nothing)
+            the prepared examples are cached instead: the uint8 canvas
+            (H * W * 3 bytes) and its targets, so later epochs skip the
+            letterbox and the matcher.
         drop_remainder: Drop the last partial batch; default = training.
         strict: An undecodable image raises instead of being skipped with a warning.
 
@@ -568,14 +624,14 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
         drop_remainder = training
     deterministic = deterministic or not training  # validation keeps the dataset's order
     _norm_params(normalization)  # validate early
-    ds = _seeded_examples(dataset, shuffle=training and shuffle, seed=seed, cache=cache,
-                          strict=strict, deterministic=deterministic)
+    seed, static = _resolve_seed(seed), cfg is None and cache
+    ds = _seeded_examples(dataset, shuffle=training and shuffle and not static, seed=seed,
+                          cache=cache and not static, strict=strict, deterministic=deterministic)
     matcher_kw = dict(matcher=matcher, positive_iou=positive_iou, negative_iou=negative_iou,
                       force_match=force_match, level_sizes=level_sizes, atss_top_k=atss_top_k,
                       image_size=(H, W), scale_factors=tuple(scale_factors))
     min_visible = cfg.min_visible if cfg is not None else 0.0
 
-    @_graph_only
     def prepare(ex, pair):
         from keras_fpn.ops.matcher import encode_targets
 
@@ -588,13 +644,12 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
                                  tf.boolean_mask(ex["classes"], positive), anchors, **matcher_kw)
         crowd_boxes = tf.boolean_mask(boxes, tf.logical_and(inside, crowd))
         cls = crowd_ignore(targets["class_logits"], anchors, crowd_boxes, crowd_ioa)
-        image = normalize(canvas, normalization)
-        return image, {"box_deltas": tf.ensure_shape(targets["box_deltas"], [num_anchors, 5]),
-                       "class_logits": tf.ensure_shape(cls, [num_anchors])}
+        return canvas, {"box_deltas": tf.ensure_shape(targets["box_deltas"], [num_anchors, 5]),
+                        "class_logits": tf.ensure_shape(cls, [num_anchors])}
 
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
-    return _options(ds, deterministic)
+    return _prepared_batches(ds, prepare, normalization=normalization, static=static,
+                             shuffle=len(dataset) if training and shuffle else 0, seed=seed,
+                             batch_size=batch_size, drop_remainder=drop_remainder, deterministic=deterministic)
 
 
 def build_segmentation_dataset(dataset: DetectionDataset, *, image_size, normalization,
@@ -632,17 +687,18 @@ def build_segmentation_dataset(dataset: DetectionDataset, *, image_size, normali
         drop_remainder = training
     deterministic = deterministic or not training  # validation keeps the dataset's order
     _norm_params(normalization)
-    ds = _seeded_examples(dataset, shuffle=training and shuffle, seed=seed, cache=cache, strict=strict,
-                          deterministic=deterministic, ignore_label=ignore_label)
+    seed, static = _resolve_seed(seed), cfg is None and cache
+    ds = _seeded_examples(dataset, shuffle=training and shuffle and not static, seed=seed,
+                          cache=cache and not static, strict=strict, deterministic=deterministic,
+                          ignore_label=ignore_label)
 
-    @_graph_only
     def prepare(ex, pair):
         canvas, mask = augment_with_mask(ex["image"], ex["mask"], pair, (H, W), cfg, ignore_label)
-        return normalize(canvas, normalization), {"seg_logits": mask}
+        return canvas, {"seg_logits": mask}
 
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
-    return _options(ds, deterministic)
+    return _prepared_batches(ds, prepare, normalization=normalization, static=static,
+                             shuffle=len(dataset) if training and shuffle else 0, seed=seed,
+                             batch_size=batch_size, drop_remainder=drop_remainder, deterministic=deterministic)
 
 
 def build_inference_dataset(dataset: DetectionDataset, *, image_size, normalization,
