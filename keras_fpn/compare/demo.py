@@ -22,7 +22,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_retinanet_
 
 #: (train images, val images, generated image side in px, config overrides) per demo size.
 SIZES = {
-    "default": (1500, 200, 192, []),
+    "default": (3000, 200, 160, []),
     "fast": (400, 60, 160, ["model.image_size=[160, 160]", "train.epochs=2", "train.steps_per_epoch=60",
                             "train.eval_every=2", "train.precise_bn_batches=4", "export.qat_steps=5",
                             "export.representative_images=16"]),
