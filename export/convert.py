@@ -797,12 +797,16 @@ def representative_from_config(config, labels=None, n: Optional[int] = None, see
 def train_data_from_config(config, labels=None, seed: int = 0):
     """The QAT / pruning fine-tuning ``tf.data`` pipeline of a config: training's own pipeline
     (``keras_fpn.training.train.training_pipeline``: augmentation, matcher, by ``model.task``)
-    in batches of ``export.qat_batch_size``."""
+    in batches of ``export.qat_batch_size``, without ``data.cache``: fine-tuning reads a few
+    hundred examples once, and a cache would first prepare the whole set to fill the shuffle."""
+    import dataclasses
+
     from keras_fpn.training.train import training_pipeline
 
     if not config.data.train:
         raise ExportError("qat-int8 / --prune need training data: the config has no data.train")
     ds = _read_split(config.data.train, config.data.train_include, labels)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, cache=False))
     return training_pipeline(config, ds, training=True, batch_size=config.export.qat_batch_size, seed=seed)
 
 
