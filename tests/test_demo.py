@@ -1,11 +1,11 @@
 """`keras-fpn demo --fast` end to end: synthetic data -> train -> export -> fpn_edge -> report.
 
 The fast demo is a sanity level run (2 x 60 steps on 400 clean-style images of
-160 px, MobileNetV3-Small minimalistic from scratch, 5 QAT steps; 1.9 min on 2
-idle CPU cores in session 5, 2.7 min on a slow day of the VM in session 6).
-Measured (session 6 recipe): float AP50 0.134, fp32 .tflite 100.4 % of float AP,
-int8 99.3 %, QAT int8 103.0 % on its 60 val images (session 5: 0.164, 100.3 %,
-100.2 %, 99.0 %; at 0.06 AP one box more or less moves the ratio by points;
+160 px without augmentation, MobileNetV3-Small minimalistic from scratch, 5 QAT
+steps; 1.9 min on 2 idle CPU cores in session 5, 2.7 min in sessions 6 and 7).
+Measured (session 7 recipe): float AP50 0.172, fp32 .tflite 100.0 % of float AP,
+int8 100.8 %, QAT int8 101.1 % on its 60 val images (session 6: 0.134, 100.4 %,
+99.3 %, 103.0 %; at 0.09 AP one box more or less moves the ratio by points;
 session 4's 3 x 40 steps gave int8 94.6 %). The
 floors are above what a broken pipeline reaches (an untrained model, boxes
 decoded with the wrong convention or a quantized model that lost its
