@@ -508,21 +508,26 @@ def _resolve_seed(seed: Optional[int]) -> int:
     return int(seed)
 
 
-def _prepared_batches(examples: tf.data.Dataset, geometry, *, normalization, static: bool, shuffle: int,
-                      seed: int, batch_size: int, drop_remainder: bool, deterministic: bool) -> tf.data.Dataset:
-    """Normalize and batch the ``geometry`` of each (example, seed pair) element.
+def _prepared_batches(dataset: DetectionDataset, geometry, *, cfg: Optional[AugmentConfig], training: bool,
+                      shuffle: bool, seed: Optional[int], cache: bool, strict: bool, deterministic: bool,
+                      normalization, batch_size: int, drop_remainder: bool,
+                      ignore_label: Optional[int] = None) -> tf.data.Dataset:
+    """Decode, apply ``geometry``, normalize and batch (shared by the detection and segmentation builders).
 
     Args:
-        examples: ``_seeded_examples`` output.
+        dataset: The DetectionDataset.
         geometry: (example, seed pair) -> (canvas float32 [H, W, 3] 0..255, labels).
-        static: ``geometry`` is not random (no augmentation) and the prepared
-            examples are cached: the canvas is kept as uint8 (rounded; exact
-            when no resize happens) with its labels, so later epochs only
-            shuffle, normalize and batch. ``examples`` must then be unshuffled.
-        shuffle: Shuffle buffer after the cache (static only; 0: none).
-        seed: Shuffle seed (static only).
-        normalization, batch_size, drop_remainder, deterministic: as the builders.
+        cfg: The pipeline's AugmentConfig (``_training_augment``). With None and
+            ``cache`` nothing is random, so the prepared examples are cached: the
+            canvas as uint8 (rounded; exact when no resize happens) with its labels,
+            and later epochs only shuffle, normalize and batch.
+        training, shuffle, seed, cache, strict, deterministic, normalization,
+            batch_size, drop_remainder, ignore_label: as the builders.
     """
+    seed, static = _resolve_seed(seed), cfg is None and cache
+    shuffle = training and shuffle
+    examples = _seeded_examples(dataset, shuffle=shuffle and not static, seed=seed, cache=cache and not static,
+                                strict=strict, deterministic=deterministic, ignore_label=ignore_label)
     if static:
         @_graph_only
         def cached(ex, pair):
@@ -531,7 +536,7 @@ def _prepared_batches(examples: tf.data.Dataset, geometry, *, normalization, sta
 
         ds = examples.map(cached, num_parallel_calls=AUTOTUNE, deterministic=True).cache()
         if shuffle:
-            ds = ds.shuffle(shuffle, seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(len(dataset), seed=seed, reshuffle_each_iteration=True)
         ds = ds.map(_graph_only(lambda image, labels: (normalize(tf.cast(image, tf.float32), normalization), labels)),
                     num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     else:
@@ -545,7 +550,7 @@ def _prepared_batches(examples: tf.data.Dataset, geometry, *, normalization, sta
     return _options(ds, deterministic)
 
 
-def _seeded_examples(dataset: DetectionDataset, *, shuffle: bool, seed: Optional[int], cache: bool,
+def _seeded_examples(dataset: DetectionDataset, *, shuffle: bool, seed: int, cache: bool,
                      strict: bool, deterministic: bool, ignore_label: Optional[int] = None) -> tf.data.Dataset:
     """Decoded (optionally cached, shuffled) examples zipped with per-element stateless seed pairs.
 
@@ -554,7 +559,6 @@ def _seeded_examples(dataset: DetectionDataset, *, shuffle: bool, seed: Optional
     Returns:
         tf.data.Dataset of (example dict, int64 [2] seed).
     """
-    seed = _resolve_seed(seed)
     n = len(dataset)
     if n == 0:
         raise DataError(f"{dataset.source}: the dataset has no images")
@@ -624,9 +628,6 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
         drop_remainder = training
     deterministic = deterministic or not training  # validation keeps the dataset's order
     _norm_params(normalization)  # validate early
-    seed, static = _resolve_seed(seed), cfg is None and cache
-    ds = _seeded_examples(dataset, shuffle=training and shuffle and not static, seed=seed,
-                          cache=cache and not static, strict=strict, deterministic=deterministic)
     matcher_kw = dict(matcher=matcher, positive_iou=positive_iou, negative_iou=negative_iou,
                       force_match=force_match, level_sizes=level_sizes, atss_top_k=atss_top_k,
                       image_size=(H, W), scale_factors=tuple(scale_factors))
@@ -647,9 +648,9 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
         return canvas, {"box_deltas": tf.ensure_shape(targets["box_deltas"], [num_anchors, 5]),
                         "class_logits": tf.ensure_shape(cls, [num_anchors])}
 
-    return _prepared_batches(ds, prepare, normalization=normalization, static=static,
-                             shuffle=len(dataset) if training and shuffle else 0, seed=seed,
-                             batch_size=batch_size, drop_remainder=drop_remainder, deterministic=deterministic)
+    return _prepared_batches(dataset, prepare, cfg=cfg, training=training, shuffle=shuffle, seed=seed, cache=cache,
+                             strict=strict, deterministic=deterministic, normalization=normalization,
+                             batch_size=batch_size, drop_remainder=drop_remainder)
 
 
 def build_segmentation_dataset(dataset: DetectionDataset, *, image_size, normalization,
@@ -687,18 +688,14 @@ def build_segmentation_dataset(dataset: DetectionDataset, *, image_size, normali
         drop_remainder = training
     deterministic = deterministic or not training  # validation keeps the dataset's order
     _norm_params(normalization)
-    seed, static = _resolve_seed(seed), cfg is None and cache
-    ds = _seeded_examples(dataset, shuffle=training and shuffle and not static, seed=seed,
-                          cache=cache and not static, strict=strict, deterministic=deterministic,
-                          ignore_label=ignore_label)
 
     def prepare(ex, pair):
         canvas, mask = augment_with_mask(ex["image"], ex["mask"], pair, (H, W), cfg, ignore_label)
         return canvas, {"seg_logits": mask}
 
-    return _prepared_batches(ds, prepare, normalization=normalization, static=static,
-                             shuffle=len(dataset) if training and shuffle else 0, seed=seed,
-                             batch_size=batch_size, drop_remainder=drop_remainder, deterministic=deterministic)
+    return _prepared_batches(dataset, prepare, cfg=cfg, training=training, shuffle=shuffle, seed=seed, cache=cache,
+                             strict=strict, deterministic=deterministic, normalization=normalization,
+                             batch_size=batch_size, drop_remainder=drop_remainder, ignore_label=ignore_label)
 
 
 def build_inference_dataset(dataset: DetectionDataset, *, image_size, normalization,
