@@ -182,6 +182,29 @@ def init_qat_ranges(qat_model, float_model, images) -> int:
     return len(set(names))
 
 
+def _build_before_trace(model, data) -> None:
+    """Create the optimizer slots and the compiled loss's trackers eagerly (compiled ``model``).
+
+    tf_keras creates both the first time the train step runs, i.e. inside its first trace,
+    and a ``tf.function`` that creates variables is traced again: the QAT train step was
+    traced twice (~12 s each on the demo detector). One loss call on zero targets and
+    predictions of one example (shapes from ``data.element_spec`` and ``model.output``)
+    and ``optimizer.build`` leave one trace.
+    """
+    import tensorflow as tf
+
+    specs = tf.nest.flatten(data.element_spec[1]) + tf.nest.flatten(model.output)
+    if any(d is None for s in specs for d in s.shape[1:]):
+        return  # a dynamic target shape: let the first trace build them
+
+    def one_zero(spec):
+        return tf.zeros((1, *spec.shape[1:]), spec.dtype)
+
+    model.optimizer.build(model.trainable_variables)
+    model.compiled_loss(tf.nest.map_structure(one_zero, data.element_spec[1]),
+                        tf.nest.map_structure(one_zero, model.output))
+
+
 def _fit(model, data, *, steps: int, config, callbacks=(), label: str, losses=None):
     import tf_keras
 
@@ -193,6 +216,8 @@ def _fit(model, data, *, steps: int, config, callbacks=(), label: str, losses=No
                   loss=losses, loss_weights=weights)
     # A handful of steps (tests, smoke runs) is faster eagerly than tracing the train function.
     model.run_eagerly = int(steps) <= 5
+    if not model.run_eagerly:
+        _build_before_trace(model, data)
     t0 = time.perf_counter()
     hist = model.fit(data.repeat(), steps_per_epoch=int(steps), epochs=1, verbose=0,
                      callbacks=list(callbacks))

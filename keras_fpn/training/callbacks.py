@@ -18,8 +18,24 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.base_lr = float(base_lr)
         self.warmup_steps = int(warmup_steps)
         self.total_steps = max(int(total_steps), 1)
+        self._traced = None   # (graph weakref, step object, rate tensor) of the last traced call
 
     def __call__(self, step):
+        # Keras' AdamW asks for the rate once per variable (weight decay) while the train step
+        # is traced: ~130 copies of the same ops cost ~5 s of tracing on the demo detector.
+        # Within one graph the rate of the same step variable is one tensor: reuse it.
+        import tensorflow as tf
+
+        graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+        if graph is not None and self._traced is not None and self._traced[0]() is graph \
+                and self._traced[1] is step:
+            return self._traced[2]
+        rate = self._rate(step)
+        if graph is not None:
+            self._traced = (weakref.ref(graph), step, rate)
+        return rate
+
+    def _rate(self, step):
         step = keras.ops.cast(step, "float32")
         warm = self.base_lr * step / max(self.warmup_steps, 1)
         progress = keras.ops.clip((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 0.0, 1.0)
@@ -93,6 +109,15 @@ def recompute_bn_statistics(model, batches) -> int:
             for a, v in zip(acc, pair):
                 v.assign((a / count).astype(np.float32))
     return count
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    """Copy a checkpoint file through a temp file + rename (the best checkpoint = the last one)."""
+    import shutil
+
+    tmp = dst.with_name(f".tmp_{dst.name}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _save_atomic(model, path: Path) -> None:
@@ -181,8 +206,8 @@ class CocoEvalCheckpoint(keras.callbacks.Callback):
         value = logs.get(self.monitor)
         if self._improved(value):
             self.best = float(value)
-            _save_atomic(self.model, self.run_dir / "best.weights.h5")
-            _save_atomic(self.model, self.run_dir / "best.keras")
+            for name in ("weights.h5", "keras"):  # the same weights: copy the files, do not save again
+                _copy_atomic(self.run_dir / f"last.{name}", self.run_dir / f"best.{name}")
             _write_json(self.run_dir / "best.json", {"epoch": epoch + 1, "metric": self.monitor, "value": self.best})
             if metrics is not None:
                 _write_json(self.run_dir / "eval.json", {"epoch": epoch + 1, "split": "val", **metrics})
