@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _export_errors() -> tuple:
+    """``fpn_export``'s one-line errors (a RuntimeError subclass), imported only when something failed."""
+    try:
+        from fpn_export.convert import ExportError
+    except ImportError:  # a build without the export part
+        return ()
+    return (ExportError,)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -66,7 +75,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (ValueError, FileNotFoundError, OSError, *_export_errors()) as exc:
         if getattr(args, "debug_errors", False):
             raise
         print(f"keras-fpn {args.command}: error: {exc}", file=sys.stderr)

@@ -111,3 +111,42 @@ def test_seg_report_numbers(seg_report, tiny_seg_run):
     # to process, and at mIoU 0.13 many pixels sit near a class boundary. A model that lost its
     # calibration changes most pixels.)
     assert abs(rows["int8"]["mIoU"] - flt["mIoU"]) < 0.05 and rows["int8"]["changes"]["changed_fraction"] < 0.3
+
+
+# --------------------------------------------------------------------------- background export
+
+
+def test_pick_background_takes_the_slowest_of_two_or_more():
+    from keras_fpn.compare.background import pick_background
+
+    assert pick_background([]) is None and pick_background(["qat-int8"]) is None
+    assert pick_background(["fp32", "int8", "qat-int8"]) == "qat-int8"
+    assert pick_background(["qat-int8", "fp32"]) == "qat-int8"
+    assert pick_background(["fp32", "int8"]) == "int8"
+    assert pick_background(["fp16", "fp32"]) == "fp16"
+
+
+def test_failed_background_export_is_one_line_naming_mode_and_log(tiny_seg_run, tmp_path, capsys):
+    """A run without data.train: fp32 exports in process, qat-int8 (needs training data) fails in the
+    second process; compare ends with exit code 2 and one line with the child's reason."""
+    import shutil
+
+    import yaml
+
+    from keras_fpn.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_seg_run, run, ignore=shutil.ignore_patterns("model_*", "compare", "logs", "backup"))
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    val = cfg["data"]["val"]
+    cfg["data"]["train"] = None
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(run), "--modes", "qat-int8,fp32", "--data", val, "--threads", "1",
+                 "--runs", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]   # after the evaluation's progress bar
+    assert err.startswith(f"keras-fpn compare: error: qat-int8 export (background, log {out / 'export_qat-int8.log'})"
+                          " failed: keras-fpn export: error: "), err
+    assert err.endswith("the config has no data.train")
+    assert (run / "model_fp32.tflite").is_file() and not (run / "model_qat-int8.tflite").exists()
+    assert not (out / "report.json").exists()

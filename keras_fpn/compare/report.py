@@ -309,7 +309,7 @@ def _row(task: TaskReport, variant: str, file, metrics: dict, reference: dict, l
 
 def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None = None,
                 include: str | None = None, threads: int = 2, out: str | os.PathLike | None = None,
-                bench_runs: int = 50, reuse: bool = True, log=print) -> dict:
+                bench_runs: int = 50, reuse: bool = True, background: bool = True, log=print) -> dict:
     """Measure the float model and every exported variant; write the report.
 
     Args:
@@ -320,12 +320,14 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
       threads: XNNPACK threads for every TFLite variant.
       out: output folder (default RUN/compare).
       bench_runs: timed runs per variant for latency.
+      background: when two or more modes need exporting, export the slowest (qat-int8 first)
+        in a second process meanwhile (``keras_fpn.compare.background``).
 
     Returns:
       The report dict (also written as report.json).
     """
-    from fpn_edge.bench import benchmark, cpu_name
-    from fpn_export.convert import default_output_path, export_model
+    from fpn_export.convert import default_output_path
+    from keras_fpn.compare.background import BackgroundExport, pick_background
     from keras_fpn.compare.plots import write_plots
     from keras_fpn.rundir import open_run, write_text_atomic
     from keras_fpn.training.train import load_datasets, load_split
@@ -340,7 +342,32 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = run.weights("best")
     steps = len(modes) + 2
+    up_to_date = {m: reuse and default_output_path(run.path, m).is_file()
+                  and default_output_path(run.path, m).stat().st_mtime >= checkpoint.stat().st_mtime
+                  for m in modes}
+    pending = None
+    if background and (mode := pick_background([m for m in modes if not up_to_date[m]])):
+        pending = BackgroundExport(run.path, mode, out / f"export_{mode}.log")
+        log(f"[{modes.index(mode) + 2}/{steps}] export {mode} in a second process (log {pending.log_path})")
+    try:
+        report, results = _measure(run, cfg, task, dataset, modes, up_to_date, pending, threads=threads,
+                                   bench_runs=bench_runs, steps=steps, log=log)
+    finally:
+        if pending is not None:
+            pending.stop()
+    log(f"[{steps}/{steps}] report and plots -> {out}")
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2))
+    write_text_atomic(out / "report.md", format_report(report))
+    write_plots(report, out, task=task, dataset=dataset, results=results, labels=run.labels)
+    return report
 
+
+def _measure(run, cfg, task, dataset, modes, up_to_date, pending, *, threads, bench_runs, steps, log):
+    """The report's rows (float model first) and each variant's raw results, exporting as needed."""
+    from fpn_edge.bench import benchmark, cpu_name
+    from fpn_export.convert import default_output_path, export_model
+
+    checkpoint = run.weights("best")
     log(f"[1/{steps}] float Keras model on {len(dataset)} images")
     model = run.build_model(which="best", batch_size=1)
     float_metrics, float_results = task.evaluate_keras(model, dataset, cfg)
@@ -348,27 +375,30 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
                  keras_latency_ms(model, cfg.model.image_size, runs=min(bench_runs, 20), traced=True),
                  None, None)]
     results = {"float (Keras)": float_results}
-    for i, mode in enumerate(modes):
+    by_mode = {}
+    # the background export's mode last: the others are measured while it runs
+    for mode in sorted(modes, key=lambda m: pending is not None and m == pending.mode):
+        step = f"[{modes.index(mode) + 2}/{steps}]"
         path = default_output_path(run.path, mode)
-        if not (reuse and path.is_file() and path.stat().st_mtime >= checkpoint.stat().st_mtime):
-            log(f"[{i + 2}/{steps}] export {mode}")
+        if pending is not None and pending.mode == mode:
+            log(f"{step} waiting for the {mode} export")
+            pending.wait()
+        elif not up_to_date[mode]:
+            log(f"{step} export {mode}")
             path = export_model(run.path, mode)
-        log(f"[{i + 2}/{steps}] {mode}: {path.name} through fpn_edge ({threads} threads)")
+        log(f"{step} {mode}: {path.name} through fpn_edge ({threads} threads)")
         metrics, res, changes = task.evaluate_tflite(path, dataset, cfg, threads, float_results)
         bench = benchmark(path, threads=threads, runs=bench_runs, warmup=5,
                           image=dataset.records[0].image_path)
         latency = bench["latency_ms"].get("end_to_end", bench["latency_ms"]["invoke"])
-        rows.append(_row(task, mode, path, metrics, float_metrics, latency, threads, changes))
+        by_mode[mode] = _row(task, mode, path, metrics, float_metrics, latency, threads, changes)
         results[mode] = res
+    rows += [by_mode[m] for m in modes]
     report = {"run": str(run.path), "task": task.task, "metric": task.metric,
               "dataset": {"source": str(dataset.source), "images": len(dataset)},
               "cpu": cpu_name(), "threads": threads, "variants": rows,
               "rules": dict(task.rules)}
-    log(f"[{steps}/{steps}] report and plots -> {out}")
-    write_text_atomic(out / "report.json", json.dumps(report, indent=2))
-    write_text_atomic(out / "report.md", format_report(report))
-    write_plots(report, out, task=task, dataset=dataset, results=results, labels=run.labels)
-    return report
+    return report, results
 
 
 # --------------------------------------------------------------------------- markdown
