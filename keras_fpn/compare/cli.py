@@ -36,7 +36,7 @@ def add_compare_commands(sub) -> None:
 
     p = sub.add_parser("demo", help="end to end offline: synthetic data, train, export, edge runtime, report")
     p.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")
-    p.add_argument("--fast", action="store_true", help="a short version: 400 + 60 images, 2 x 60 steps, sanity-level "
-                                                          "accuracy (2-3 min on 2 CPU cores; the default: ~10 min)")
+    p.add_argument("--fast", action="store_true", help="a short version: 400 + 60 images, 100 steps, sanity-level "
+                                                          "accuracy (~2 min on 2 CPU cores; the default: ~9 min)")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_cmd_demo)

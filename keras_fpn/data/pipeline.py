@@ -526,8 +526,10 @@ def _prepared_batches(dataset: DetectionDataset, geometry, *, cfg: Optional[Augm
     """
     seed, static = _resolve_seed(seed), cfg is None and cache
     shuffle = training and shuffle
+    # static: decoded once into the cache, in order (the shuffle permutes positions: a seed
+    # then gives the same batches in every run)
     examples = _seeded_examples(dataset, shuffle=shuffle and not static, seed=seed, cache=cache and not static,
-                                strict=strict, deterministic=deterministic, ignore_label=ignore_label)
+                                strict=strict, deterministic=deterministic or static, ignore_label=ignore_label)
     if static:
         @_graph_only
         def cached(ex, pair):
@@ -537,7 +539,6 @@ def _prepared_batches(dataset: DetectionDataset, geometry, *, cfg: Optional[Augm
         ds = examples.map(cached, num_parallel_calls=AUTOTUNE, deterministic=True).cache()
         if shuffle:
             ds = ds.shuffle(len(dataset), seed=seed, reshuffle_each_iteration=True)
-        # in order: a seed gives the same batches (the map is cheap, order costs no throughput)
         ds = ds.map(_graph_only(lambda image, labels: (normalize(tf.cast(image, tf.float32), normalization), labels)),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
