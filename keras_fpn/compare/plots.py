@@ -51,22 +51,44 @@ def _bar(plt, variants, metrics, path):
     plt.close(fig)
 
 
+def label_offsets(points, xspan: float, yspan: float, step: int = 11) -> list:
+    """Vertical offsets (in points) of the scatter labels: a label whose point lies within 30 % of
+    ``xspan`` (about a label's width) and 6 % of ``yspan`` of an earlier point's goes one ``step``
+    above that label."""
+    offsets = []
+    for i, (x, y) in enumerate(points):
+        taken = {offsets[j] for j in range(i)
+                 if abs(points[j][0] - x) < 0.3 * xspan and abs(points[j][1] - y) < 0.06 * yspan}
+        off = 5
+        while off in taken:
+            off += step
+        offsets.append(off)
+    return offsets
+
+
 def _scatter(plt, variants, metric, key, label, path):
-    """Metric vs latency or size; each point names its variant and its ratio to float. The y axis
-    spans at least 10 % below the lowest value, so a 1 % difference does not fill the plot."""
+    """Metric vs latency or size; each point names its variant and its ratio to float (labels in the
+    point's color, stacked where points are close). The y axis spans at least 10 % below the lowest
+    value, so a 1 % difference does not fill the plot."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    ys = []
+    points, names = [], []
     for v in variants:
         x = v[key] / 1e6 if key == "size_bytes" and v[key] is not None else v[key]
         if x is None:
             continue
-        ax.scatter(x, v[metric], s=40)
-        ys.append(v[metric])
         ratio = v.get(f"{metric}_ratio")
-        name = v["variant"] + (f" ({100 * ratio:.1f} %)" if ratio is not None else "")
-        ax.annotate(name, (x, v[metric]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    if ys and min(ys) > 0:
-        ax.set_ylim(0.9 * min(ys), 1.03 * max(ys))
+        points.append((x, v[metric]))
+        names.append(v["variant"] + (f" ({100 * ratio:.1f} %)" if ratio is not None else ""))
+    ys = [y for _, y in points]
+    low = 0.9 * min(ys) if ys and min(ys) > 0 else None
+    if low is not None:
+        ax.set_ylim(low, 1.03 * max(ys))
+    xs = [x for x, _ in points]
+    xspan = (max(xs) - min(xs)) or 1.0 if xs else 1.0
+    yspan = (1.03 * max(ys) - low) if low is not None else 1.0
+    for (x, y), name, dy in zip(points, names, label_offsets(points, xspan, yspan)):
+        color = ax.scatter(x, y, s=40).get_facecolor()[0]
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, dy), fontsize=8, color=color)
     ax.set_xlabel(label)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)

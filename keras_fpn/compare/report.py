@@ -320,8 +320,9 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
       threads: XNNPACK threads for every TFLite variant.
       out: output folder (default RUN/compare).
       bench_runs: timed runs per variant for latency.
-      background: when two or more modes need exporting, export the slowest (qat-int8 first)
-        in a second process meanwhile (``keras_fpn.compare.background``).
+      background: when two or more modes need exporting (and the machine has two or more
+        cores), export the slowest (qat-int8 first) in a second process meanwhile
+        (``keras_fpn.compare.background``).
 
     Returns:
       The report dict (also written as report.json).
@@ -346,7 +347,7 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
                   and default_output_path(run.path, m).stat().st_mtime >= checkpoint.stat().st_mtime
                   for m in modes}
     pending = None
-    if background and (mode := pick_background([m for m in modes if not up_to_date[m]])):
+    if background and (os.cpu_count() or 1) > 1 and (mode := pick_background([m for m in modes if not up_to_date[m]])):
         pending = BackgroundExport(run.path, mode, out / f"export_{mode}.log")
         log(f"[{modes.index(mode) + 2}/{steps}] export {mode} in a second process (log {pending.log_path})")
     try:
