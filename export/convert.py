@@ -798,7 +798,9 @@ def train_data_from_config(config, labels=None, seed: int = 0):
     """The QAT / pruning fine-tuning ``tf.data`` pipeline of a config: training's own pipeline
     (``keras_fpn.training.train.training_pipeline``: augmentation, matcher, by ``model.task``)
     in batches of ``export.qat_batch_size``, without ``data.cache``: fine-tuning reads a few
-    hundred examples once, and a cache would first prepare the whole set to fill the shuffle."""
+    hundred examples once, and a cache would first prepare the whole set to fill the shuffle.
+    In order (``deterministic``): the same run gives the same QAT model (unordered, two demo
+    runs gave QAT int8 99.7 % and 99.5 % of float AP)."""
     import dataclasses
 
     from keras_fpn.training.train import training_pipeline
@@ -807,7 +809,8 @@ def train_data_from_config(config, labels=None, seed: int = 0):
         raise ExportError("qat-int8 / --prune need training data: the config has no data.train")
     ds = _read_split(config.data.train, config.data.train_include, labels)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, cache=False))
-    return training_pipeline(config, ds, training=True, batch_size=config.export.qat_batch_size, seed=seed)
+    return training_pipeline(config, ds, training=True, batch_size=config.export.qat_batch_size, seed=seed,
+                             deterministic=True)
 
 
 def export_model(run_or_model, mode: str, *, out=None, raw: bool = False, prune: Optional[float] = None,

@@ -82,8 +82,10 @@ def matcher_options(cfg: Config) -> dict:
                 atss_top_k=t.atss_top_k, scale_factors=tuple(cfg.model.box_scale_factors))
 
 
-def training_pipeline(cfg: Config, dataset, *, training: bool, batch_size: int | None = None, seed=None):
-    """The tf.data pipeline of a config (shared by train and QAT fine-tuning); by ``model.task``."""
+def training_pipeline(cfg: Config, dataset, *, training: bool, batch_size: int | None = None, seed=None,
+                      deterministic: bool = False):
+    """The tf.data pipeline of a config (shared by train and QAT fine-tuning); by ``model.task``.
+    ``deterministic``: keep the element order under parallel maps (see the builders)."""
     from keras_fpn.data.pipeline import AugmentConfig, build_detection_dataset, build_segmentation_dataset
     from keras_fpn.models.backbones import NORMALIZATION
 
@@ -94,12 +96,14 @@ def training_pipeline(cfg: Config, dataset, *, training: bool, batch_size: int |
             dataset, image_size=cfg.model.image_size, normalization=NORMALIZATION[cfg.model.backbone],
             batch_size=batch_size or cfg.train.batch_size, training=training,
             augment=augment if training else None, ignore_label=cfg.model.ignore_label,
-            seed=cfg.train.seed if seed is None else seed, cache=cfg.data.cache, strict=cfg.data.strict)
+            seed=cfg.train.seed if seed is None else seed, cache=cfg.data.cache, strict=cfg.data.strict,
+            deterministic=deterministic)
     return build_detection_dataset(
         dataset, image_size=cfg.model.image_size, normalization=NORMALIZATION[cfg.model.backbone],
         batch_size=batch_size or cfg.train.batch_size, training=training,
         augment=augment if training else None, **matcher_options(cfg),
-        seed=cfg.train.seed if seed is None else seed, cache=cfg.data.cache, strict=cfg.data.strict)
+        seed=cfg.train.seed if seed is None else seed, cache=cfg.data.cache, strict=cfg.data.strict,
+        deterministic=deterministic)
 
 
 def losses(cfg: Config) -> tuple[dict, dict]:
