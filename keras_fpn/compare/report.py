@@ -343,15 +343,15 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = run.weights("best")
     steps = len(modes) + 2
-    up_to_date = {m: reuse and default_output_path(run.path, m).is_file()
-                  and default_output_path(run.path, m).stat().st_mtime >= checkpoint.stat().st_mtime
-                  for m in modes}
+    paths = {m: default_output_path(run.path, m) for m in modes}
+    up_to_date = {m: reuse and p.is_file() and p.stat().st_mtime >= checkpoint.stat().st_mtime
+                  for m, p in paths.items()}
     pending = None
     if background and (os.cpu_count() or 1) > 1 and (mode := pick_background([m for m in modes if not up_to_date[m]])):
         pending = BackgroundExport(run.path, mode, out / f"export_{mode}.log")
         log(f"[{modes.index(mode) + 2}/{steps}] export {mode} in a second process (log {pending.log_path})")
     try:
-        report, results = _measure(run, cfg, task, dataset, modes, up_to_date, pending, threads=threads,
+        report, results = _measure(run, cfg, task, dataset, paths, up_to_date, pending, threads=threads,
                                    bench_runs=bench_runs, steps=steps, log=log)
     finally:
         if pending is not None:
@@ -363,10 +363,11 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
     return report
 
 
-def _measure(run, cfg, task, dataset, modes, up_to_date, pending, *, threads, bench_runs, steps, log):
-    """The report's rows (float model first) and each variant's raw results, exporting as needed."""
+def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, bench_runs, steps, log):
+    """The report's rows (float model first) and each variant's raw results, exporting as needed
+    (``paths``: mode -> .tflite path, in report order)."""
     from fpn_edge.bench import benchmark, cpu_name
-    from fpn_export.convert import default_output_path, export_model
+    from fpn_export.convert import export_model
 
     checkpoint = run.weights("best")
     log(f"[1/{steps}] float Keras model on {len(dataset)} images")
@@ -378,9 +379,10 @@ def _measure(run, cfg, task, dataset, modes, up_to_date, pending, *, threads, be
     results = {"float (Keras)": float_results}
     by_mode = {}
     # the background export's mode last: the others are measured while it runs
+    modes = list(paths)
     for mode in sorted(modes, key=lambda m: pending is not None and m == pending.mode):
         step = f"[{modes.index(mode) + 2}/{steps}]"
-        path = default_output_path(run.path, mode)
+        path = paths[mode]
         if pending is not None and pending.mode == mode:
             log(f"{step} waiting for the {mode} export")
             pending.wait()
