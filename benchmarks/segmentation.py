@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     from fpn_export.edgetpu import check_edgetpu, op_counts
     from fpn_export.segmentation import evaluate_tflite
     from keras_fpn.rundir import open_run
-    from keras_fpn.training.train import load_datasets
+    from keras_fpn.data.splits import load_datasets
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="+", required=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 def main(argv=None) -> int:
     from fpn_edge.bench import benchmark
     from keras_fpn.rundir import open_run
-    from keras_fpn.training.train import load_datasets
+    from keras_fpn.data.splits import load_datasets
 
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", help="run dirs holding model_<mode>.tflite (the first gives the image)")

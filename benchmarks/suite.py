@@ -122,7 +122,7 @@ def suite_config(preset: str, s: Settings):
 def load_data(cfg):
     """``(cfg with num_classes, train set, val set, labels)`` through the project's readers."""
     from keras_fpn.rundir import with_num_classes
-    from keras_fpn.training.train import load_datasets
+    from keras_fpn.data.splits import load_datasets
 
     if not Path(cfg.data.train).exists():
         raise FileNotFoundError(f"{cfg.data.train}: raccoon data not found (set KERAS_FPN_DATA or --data)")

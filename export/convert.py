@@ -755,23 +755,6 @@ def _raw_output_tensors(data: bytes) -> dict:
 
 # --------------------------------------------------------------------------- from a run dir
 
-def _read_split(path: str, include: Optional[str], labels):
-    """Read a dataset (any supported format) and keep the files listed in ``include``."""
-    from keras_fpn.data.formats import read_dataset
-
-    ds = read_dataset(path)
-    if include:
-        inc = Path(include)
-        text = inc.read_text().splitlines()
-        names = {Path(s.split(",")[0].strip()).name for s in text if s.strip()}
-        names.discard("filename")
-        keep = [i for i, r in enumerate(ds.records) if Path(r.image_path).name in names]
-        if not keep:
-            raise ExportError(f"{include}: none of its file names are in {path}")
-        ds = ds.subset(keep)
-    return ds
-
-
 def representative_from_config(config, labels=None, n: Optional[int] = None, seed: int = 0) -> Callable:
     """A factory of ``n`` (default ``export.representative_images``) calibration images from ``data.train``.
 
@@ -780,13 +763,14 @@ def representative_from_config(config, labels=None, n: Optional[int] = None, see
     the backbone's normalization).
     """
     from keras_fpn.data.pipeline import representative_images
+    from keras_fpn.data.splits import load_split
 
     if not config.data.train:
         raise ExportError("calibration needs training images: the config has no data.train")
     n = int(config.export.representative_images if n is None else n)
     if n < 1:
         raise ExportError(f"--representative must be >= 1, got {n}")
-    ds = _read_split(config.data.train, config.data.train_include, labels)
+    ds = load_split(config.data.train, config.data.train_include, config.data.strict)
     norm = _normalization(config.model)
     images = list(representative_images(ds, n, tuple(config.model.image_size), norm, seed=seed))
     if not images:
@@ -803,11 +787,12 @@ def train_data_from_config(config, labels=None, seed: int = 0):
     runs gave QAT int8 99.7 % and 99.5 % of float AP)."""
     import dataclasses
 
+    from keras_fpn.data.splits import load_split
     from keras_fpn.training.train import training_pipeline
 
     if not config.data.train:
         raise ExportError("qat-int8 / --prune need training data: the config has no data.train")
-    ds = _read_split(config.data.train, config.data.train_include, labels)
+    ds = load_split(config.data.train, config.data.train_include, config.data.strict)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, cache=False))
     return training_pipeline(config, ds, training=True, batch_size=config.export.qat_batch_size, seed=seed,
                              deterministic=True)

@@ -81,7 +81,7 @@ def test_seg_report_numbers(seg_report, tiny_seg_run):
     """Float = the run's own evaluation; fp32 = float; ratios and changed pixels recomputed by hand."""
     from fpn_export.segmentation import evaluate_tflite
     from keras_fpn.rundir import open_run
-    from keras_fpn.training.train import load_datasets
+    from keras_fpn.data.splits import load_datasets
 
     report, _ = seg_report
     rows = {r["variant"]: r for r in report["variants"]}

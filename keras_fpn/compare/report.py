@@ -331,7 +331,7 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
     from keras_fpn.compare.background import BackgroundExport, pick_background
     from keras_fpn.compare.plots import write_plots
     from keras_fpn.rundir import open_run, write_text_atomic
-    from keras_fpn.training.train import load_datasets, load_split
+    from keras_fpn.data.splits import load_datasets, load_split
 
     run = open_run(run_dir)
     cfg = run.config

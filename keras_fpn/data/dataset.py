@@ -483,7 +483,10 @@ def unique_image_ids(records: list, log: IssueLog) -> list:
 
 
 def include_images(dataset: DetectionDataset, include: PathLike) -> DetectionDataset:
-    """Keep only the images listed in a file (e.g. a train/test split).
+    """Keep only the images listed in a file (e.g. a train/test split): the one include-list rule.
+
+    Training, evaluation, calibration and QAT fine-tuning all read ``data.*_include``
+    through this function, so they see the same subset.
 
     Args:
         dataset: The DetectionDataset.
@@ -492,10 +495,12 @@ def include_images(dataset: DetectionDataset, include: PathLike) -> DetectionDat
             names are matched on the base name.
 
     Returns:
-        The subset, in dataset order.
+        The subset, in dataset order. Listed names the dataset lacks (e.g. an
+        image its reader skipped as unreadable) are left out with one warning.
 
     Raises:
-        DataError: the file cannot be read or names an image the dataset lacks.
+        DataError: the file cannot be read, a CSV has no ``filename`` column, or
+            none of the listed images is in the dataset.
     """
     import csv
 
@@ -504,18 +509,23 @@ def include_images(dataset: DetectionDataset, include: PathLike) -> DetectionDat
         with open(include, newline="") as f:
             text = f.read()
     except OSError as e:
-        raise DataError(f"{include}: cannot read ({e.strerror})") from None
+        raise DataError(f"{include}: cannot read include list ({e.strerror})") from None
     lines = [line for line in text.splitlines() if line.strip()]
-    if lines and "filename" in [c.strip() for c in lines[0].split(",")]:
-        names = {row["filename"].strip() for row in csv.DictReader(lines)}
+    header = [c.strip() for c in lines[0].split(",")] if lines else []
+    if "filename" in header:
+        names = {os.path.basename(row["filename"].strip()) for row in csv.DictReader(lines)}
+    elif include.endswith(".csv"):
+        raise DataError(f"{include}: a CSV include list needs a 'filename' column")
     else:
         names = {os.path.basename(line.strip()) for line in lines}
     have = {os.path.basename(r.image_path): i for i, r in enumerate(dataset.records)}
     missing = sorted(names - set(have))
+    if names and len(missing) == len(names):
+        raise DataError(f"{include}: none of its {len(names)} image names are in {dataset.source}")
     if missing:
-        raise DataError(f"{include}: {len(missing)} listed image(s) not in the dataset, "
-                        f"e.g. {missing[0]}")
-    return dataset.subset(sorted(have[n] for n in names))
+        logger.warning("%s: %d listed image(s) not in the dataset (skipped or absent), e.g. %s",
+                       include, len(missing), missing[0])
+    return dataset.subset(sorted(have[n] for n in names if n in have))
 
 
 def verify_images(dataset: DetectionDataset, strict: bool = False) -> DetectionDataset:

@@ -27,7 +27,7 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from keras_fpn.evaluation import coco_evaluate, format_metrics, predict_dataset
     from keras_fpn.rundir import open_run, write_text_atomic
-    from keras_fpn.training.train import load_datasets, load_split
+    from keras_fpn.data.splits import load_datasets, load_split
 
     run = open_run(args.run)
     cfg = run.config

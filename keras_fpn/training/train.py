@@ -11,7 +11,6 @@ records which phase finished.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -20,49 +19,12 @@ from pathlib import Path
 import keras
 
 from keras_fpn.config import Config, save_config
+from keras_fpn.data.splits import load_datasets
 from keras_fpn.rundir import save_labels, with_num_classes, write_text_atomic
 from keras_fpn.training.callbacks import (BackupEveryStepsAndEpoch, CocoEvalCheckpoint, SegEvalCheckpoint,
                                           WarmupCosine)
 
 BACKBONE_PREFIXES = ("fpn_", "head_", "box_deltas", "class_logits", "seg_", "image")
-
-
-def _include_names(path: str | None):
-    if not path:
-        return None
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: include list not found")
-    lines = [l.strip() for l in p.read_text().splitlines() if l.strip()]
-    if p.suffix == ".csv":
-        rows = list(csv.DictReader(lines))
-        if not rows or "filename" not in rows[0]:
-            raise ValueError(f"{p}: a CSV include list needs a 'filename' column")
-        return {os.path.basename(r["filename"]) for r in rows}
-    return {os.path.basename(l) for l in lines}
-
-
-def load_split(path: str, include: str | None, strict: bool):
-    """Read one dataset split, keeping only the images named in ``include`` (if given)."""
-    from keras_fpn.data.formats import read_dataset
-
-    ds = read_dataset(path, strict=strict)
-    names = _include_names(include)
-    if names is not None:
-        keep = [i for i, r in enumerate(ds.records) if os.path.basename(r.image_path) in names]
-        ds = ds.subset(keep)
-    return ds
-
-
-def load_datasets(cfg: Config):
-    """(train, val) DetectionDatasets of a config; val may be None."""
-    if not cfg.data.train:
-        raise ValueError("data.train is not set (a COCO JSON, VOC folder, YOLO folder or TFRecord)")
-    train = load_split(cfg.data.train, cfg.data.train_include, cfg.data.strict)
-    val = load_split(cfg.data.val, cfg.data.val_include, cfg.data.strict) if cfg.data.val else None
-    if val is not None and val.label_map.names != train.label_map.names:
-        raise ValueError(f"val classes {val.label_map.names} differ from train classes {train.label_map.names}")
-    return train, val
 
 
 def model_anchors(model_cfg):
