@@ -195,7 +195,7 @@ def test_eval_pipeline_targets_equal_encode_targets(tmp_path, matcher):
 
 def test_matcher_options_follow_the_config():
     from keras_fpn.config import config_from_dict
-    from keras_fpn.training.train import matcher_options
+    from keras_fpn.tasks.detection import matcher_options
 
     cfg = config_from_dict({}, ["model.image_size=[96, 160]", "model.max_level=5", "model.scales_per_octave=2",
                              "model.aspect_ratios=[1.0]", "train.matcher=atss", "train.atss_top_k=4"])
