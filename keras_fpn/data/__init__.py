@@ -5,10 +5,10 @@ Every reader returns a ``DetectionDataset`` (conventions in
 the pipeline and TFRecord names are loaded on first use.
 """
 from keras_fpn.data.coco import read_coco
-from keras_fpn.data.dataset import (DataIssue, DetectionDataset, DetectionRecord, LabelMap,
-                                    include_images, verify_images)
+from keras_fpn.data.dataset import DetectionDataset, DetectionRecord, LabelMap, include_images, verify_images
 from keras_fpn.data.formats import FORMATS, detect_format, read_dataset
 from keras_fpn.data.images import DataError, load_image, read_image_info
+from keras_fpn.data.issues import DataIssue
 from keras_fpn.data.synthetic import generate_synthetic_coco
 from keras_fpn.data.voc import read_voc
 from keras_fpn.data.yolo import read_yolo
