@@ -61,7 +61,7 @@ def _cmd_predict(args) -> int:
 
     from fpn_edge.draw import draw_detections
     from keras_fpn.data.images import load_image
-    from keras_fpn.data.pipeline import canvas_to_original, preprocess_for_inference
+    from keras_fpn.data.preprocess import canvas_to_original, preprocess_for_inference
     from keras_fpn.models.backbones import NORMALIZATION
     from keras_fpn.ops.postprocess import decode_detections
     from keras_fpn.rundir import open_run, write_text_atomic

@@ -48,7 +48,8 @@ def training_pipeline(cfg: Config, dataset, *, training: bool, batch_size: int |
                       deterministic: bool = False):
     """The tf.data pipeline of a config (shared by train and QAT fine-tuning); by ``model.task``.
     ``deterministic``: keep the element order under parallel maps (see the builders)."""
-    from keras_fpn.data.pipeline import AugmentConfig, build_detection_dataset, build_segmentation_dataset
+    from keras_fpn.data.augment import AugmentConfig
+    from keras_fpn.data.pipeline import build_detection_dataset, build_segmentation_dataset
     from keras_fpn.models.backbones import NORMALIZATION
 
     augment = AugmentConfig(hflip=cfg.data.hflip, scale_jitter=cfg.data.scale_jitter,
