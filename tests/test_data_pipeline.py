@@ -7,10 +7,10 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_fpn.data import DataError, DetectionDataset, DetectionRecord, LabelMap, load_image
-from keras_fpn.data.pipeline import (AugmentConfig, augment_example, build_detection_dataset,
-                                     build_inference_dataset, canvas_to_original, crowd_ignore,
-                                     letterbox, normalize, preprocess_for_inference,
+from keras_fpn.data.augment import AugmentConfig, augment_example
+from keras_fpn.data.pipeline import (build_detection_dataset, build_inference_dataset, crowd_ignore,
                                      representative_images)
+from keras_fpn.data.preprocess import canvas_to_original, letterbox, normalize, preprocess_for_inference
 from keras_fpn.ops.anchors import generate_anchors
 from keras_fpn.ops.matcher import encode_targets
 
@@ -323,7 +323,7 @@ def test_augment_config_from_any():
 
 
 def test_photometric_affine_parts():
-    from keras_fpn.data.pipeline import _photometric
+    from keras_fpn.data.augment import _photometric
 
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(60, 190, (8, 9, 3)), tf.float32)

@@ -6,7 +6,7 @@ import keras
 
 from keras_fpn.config import config_from_dict
 from keras_fpn.data.formats import read_dataset
-from keras_fpn.data.pipeline import canvas_to_original, preprocess_for_inference
+from keras_fpn.data.preprocess import canvas_to_original, preprocess_for_inference
 from keras_fpn.data.images import load_image
 from keras_fpn.models.backbones import NORMALIZATION
 from keras_fpn.models.detector import build_detector

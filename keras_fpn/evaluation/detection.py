@@ -121,7 +121,8 @@ def predict_dataset(model, dataset, model_cfg, *, batch_size: int = 8, progress:
 
     ``detect``: a ``detection_function(model, model_cfg)`` to reuse (default: a new one).
     """
-    from keras_fpn.data.pipeline import build_inference_dataset, canvas_to_original
+    from keras_fpn.data.pipeline import build_inference_dataset
+    from keras_fpn.data.preprocess import canvas_to_original
     from keras_fpn.models.backbones import NORMALIZATION
 
     detect = detect or detection_function(model, model_cfg)
