@@ -33,27 +33,26 @@ from benchmarks.machine import loadavg, machine_info, machine_line, peak_rss_mb,
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SMALL_PRESET = "retinanet_mobilenetv2_fpn"
-SMALL_OVERRIDES = {"backbone_alpha": 0.35, "image_size": [160, 160], "fpn_width": 32, "head_width": 32,
-                   "head_depth": 2, "score_threshold": 0.001, "max_detections": 100,
-                   "max_detections_per_class": 100}
+SMALL_OVERRIDES = {"image_size": [160, 160], "backbone": {"alpha": 0.35}, "neck": {"width": 32},
+                   "head": {"width": 32, "depth": 2},
+                   "postprocess": {"score_threshold": 0.001, "max_detections": 100, "max_detections_per_class": 100}}
 
 
 def export_small_model(out, mode: str = "int8", data_root: str | None = None) -> Path:
     """Export the small default detector (see the module doc); imports TensorFlow."""
-    import dataclasses
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras_fpn  # noqa: F401
+    from keras_fpn.config import config_from_dict, config_to_dict, deep_merge
     from keras_fpn.models.factory import build_model
 
     from benchmarks.suite import backbone_weights_file, calibrate_bn, export_variant, load_data, settings, suite_config
 
     s = settings(True, data_root=data_root, calibration_images=16)
     cfg, _ = suite_config(SMALL_PRESET, s)
-    weights = backbone_weights_file(s.data_root, "mobilenetv2", SMALL_OVERRIDES["backbone_alpha"])
-    model_cfg = dataclasses.replace(cfg.model, **{k: tuple(v) if isinstance(v, list) else v
-                                                  for k, v in SMALL_OVERRIDES.items()}, backbone_weights=weights)
-    cfg, train_set, _, labels = load_data(dataclasses.replace(cfg, model=model_cfg))
+    weights = backbone_weights_file(s.data_root, "mobilenetv2", SMALL_OVERRIDES["backbone"]["alpha"])
+    raw = config_to_dict(cfg)
+    raw["model"] = deep_merge(raw["model"], deep_merge(SMALL_OVERRIDES, {"backbone": {"weights": weights}}))
+    cfg, train_set, _, labels = load_data(config_from_dict(raw))
     model = build_model(cfg.model)
     calibrate_bn(model, cfg, train_set, batches=2)
     return Path(export_variant(model, cfg, labels, mode, Path(out))["file"])

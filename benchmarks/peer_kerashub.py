@@ -201,8 +201,6 @@ def child_kerashub(side: str, a) -> dict:
 # --------------------------------------------------------------------------- keras-fpn child
 
 def child_ours(side: str, a) -> dict:
-    import dataclasses
-
     import tensorflow as tf
 
     from benchmarks.suite import load_data, settings, suite_config, training_throughput
@@ -213,7 +211,9 @@ def child_ours(side: str, a) -> dict:
                  data_root=a.data, calibration_images=a.calibration_images)
     cfg, notes = suite_config(preset, s)
     # random init on both sides: the speed of the architectures, not of pretrained weights
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_weights=None))
+    from keras_fpn.config import replace_dotted
+
+    cfg = replace_dotted(cfg, "model.backbone.weights", None)
     cfg, train_set, _val, labels = load_data(cfg)
     train, model = training_throughput(cfg, train_set, warmup=a.warmup_steps, steps=a.steps, log=lambda m: None)
     res = {"side": side, "library": "keras-fpn", "preset": preset,

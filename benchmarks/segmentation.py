@@ -16,7 +16,6 @@ check; and an overlay of one val image (``fpn-edge segment``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import subprocess
@@ -42,11 +41,12 @@ def _keras_eval(run, dataset, upsample: str) -> dict:
     """Keras float metrics with the given final upsample; boundary F at 1 and 2 px from one prediction pass."""
     import keras
 
+    from keras_fpn.config import replace_dotted
     from keras_fpn.data.masks import rasterize_class_map
-    from keras_fpn.models.factory import build_model
     from keras_fpn.evaluation.segmentation import SegmentationMetrics, class_names, predict_class_maps
+    from keras_fpn.models.factory import build_model
 
-    mcfg = dataclasses.replace(run.config.model, seg_final_upsample=upsample)
+    mcfg = replace_dotted(run.config, "model.segmentation.final_upsample", upsample).model
     model = build_model(mcfg, ns=keras, backbone_weights=None)
     model.load_weights(run.weights("best"))
     names = class_names(run.labels)
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         key = Path(r).name
         mc = run.config.model
         results["float"][key] = {
-            "variant": {"min_level": mc.min_level, "seg_c2_skip": mc.seg_c2_skip},
+            "variant": {"min_level": mc.neck.min_level, "seg_c2_skip": mc.segmentation.c2_skip},
             "bilinear": _summary(_keras_eval(run, val, "bilinear")),
             "nearest": _summary(_keras_eval(run, val, "nearest"))}
         print(key, json.dumps(results["float"][key])[:400], flush=True)
@@ -176,10 +176,10 @@ def main(argv=None) -> int:
 
             from fpn_export.convert import representative_from_config
             from fpn_export.segmentation import export_segmenter
+            from keras_fpn.config import replace_dotted
             from keras_fpn.models.factory import build_model
 
-            cfg = dataclasses.replace(run.config, model=dataclasses.replace(run.config.model,
-                                                                            seg_final_upsample="nearest"))
+            cfg = replace_dotted(run.config, "model.segmentation.final_upsample", "nearest")
             model = build_model(cfg.model, ns=keras, batch_size=1, backbone_weights=None)
             model.load_weights(run.weights("best"))
             path = export_segmenter(model, cfg, run.labels, "int8", out=run.path / "model_int8_nearest.tflite",

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -70,9 +71,14 @@ class Settings:
     data_root: str = ""
 
 
+def default_data_root() -> str:
+    """``$KERAS_FPN_DATA``, else the ``shared/data`` folder beside the project checkout (the benchmarks'
+    real data; product code has no such default)."""
+    return os.environ.get("KERAS_FPN_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
 def settings(quick: bool, **overrides) -> Settings:
     """Default settings of a quick or full run, with ``overrides`` (None values ignored)."""
-    from keras_fpn.config import default_data_root
     from keras_fpn.models.presets import PRESETS
 
     base = dict(quick=quick, presets=tuple(PRESETS), modes=ALL_MODES, data_root=default_data_root())
@@ -107,11 +113,11 @@ def suite_config(preset: str, s: Settings):
     if list(p["image_size"]) != size:
         notes.append(f"image_size overridden {p['image_size'][0]}x{p['image_size'][1]} -> "
                      f"{size[0]}x{size[1]} (the preset's own size is {p['image_size'][0]} px)")
-    weights = backbone_weights_file(s.data_root, p["backbone"], p["backbone_alpha"])
+    weights = backbone_weights_file(s.data_root, p["backbone"]["name"], p["backbone"]["alpha"])
     notes.append(f"backbone init: {'ImageNet weights ' + Path(weights).name if weights else 'random'}; "
                  "FPN and heads random")
     raccoon = Path(s.data_root) / "raccoon"
-    raw = {"model": {"preset": preset, "image_size": size, "backbone_weights": weights},
+    raw = {"model": {"preset": preset, "image_size": size, "backbone": {"weights": weights}},
            "data": {"train": str(raccoon), "train_include": str(raccoon / "splits" / "train_labels.csv"),
                     "val": str(raccoon), "val_include": str(raccoon / "splits" / "test_labels.csv")},
            "train": {"batch_size": s.batch_size},

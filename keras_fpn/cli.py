@@ -19,7 +19,7 @@ def _cmd_info(args) -> int:
     from keras_fpn.models.detector import build_detector
 
     cfg = config_from_dict({"model": {"preset": args.preset, "num_classes": args.num_classes,
-                                      "backbone_weights": None,
+                                      "backbone": {"weights": None},
                                       **({"image_size": args.image_size} if args.image_size else {})}})
     model = build_detector(cfg.model)
     print(f"{args.preset}: input {cfg.model.image_size[0]}x{cfg.model.image_size[1]}, "
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
     p.set_defaults(func=_cmd_info)
 
-    for module, adder in (("keras_fpn.data.cli", "add_data_commands"),
+    for module, adder in (("keras_fpn.config.cli", "add_config_commands"),
+                          ("keras_fpn.data.cli", "add_data_commands"),
                           ("keras_fpn.training.cli", "add_training_commands"),
                           ("fpn_export.cli", "add_export_command"),
                           ("keras_fpn.compare.cli", "add_compare_commands")):

@@ -11,6 +11,8 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("KERAS_FPN_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+# The shipped real-data configs name their files as ${KERAS_FPN_DATA}/...; product code has no default for it.
+os.environ.setdefault("KERAS_FPN_DATA", str(DATA_DIR))
 
 
 def _require(path: Path) -> Path:
@@ -43,14 +45,10 @@ def raccoon_dir(shared_data) -> Path:
 TINY_SEG_CONFIG = """
 model:
   task: segmentation
-  backbone_alpha: 0.35
-  backbone_weights: null
   image_size: [64, 64]
-  min_level: 3
-  max_level: 5
-  fpn_width: 16
-  seg_width: 16
-  seg_c2_skip: true
+  backbone: {alpha: 0.35, weights: null}
+  neck: {min_level: 3, max_level: 5, width: 16}
+  segmentation: {width: 16, c2_skip: true}
   bn_momentum: 0.9
 data:
   train: data/train.json

@@ -98,8 +98,10 @@ def _demo_model_cfg(neck):
     """The ablation configs' anchor keys (P3-P6, scale 4, 2 scales/octave, ratio 1) on 256x320."""
     from keras_fpn.config import ModelConfig
 
-    return ModelConfig(image_size=(256, 320), min_level=3, max_level=6, anchor_scale=4.0,
-                       scales_per_octave=2, aspect_ratios=(1.0,), neck=neck)
+    from keras_fpn.config import AnchorConfig, NeckConfig
+
+    return ModelConfig(image_size=(256, 320), neck=NeckConfig(kind=neck, min_level=3, max_level=6),
+                       anchors=AnchorConfig(scale=4.0, scales_per_octave=2, aspect_ratios=(1.0,)))
 
 
 @pytest.mark.parametrize("neck, per_location, cells, total", [

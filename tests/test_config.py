@@ -5,29 +5,39 @@ from keras_fpn.config import ConfigError, config_from_dict, config_to_dict, load
 
 
 def test_preset_then_overrides():
-    cfg = config_from_dict({"model": {"preset": "ssd_mobilenetv2_fpnlite", "head_width": 64}},
-                           ["train.epochs=3", "model.aspect_ratios=[1.0, 0.5]"])
-    assert cfg.model.fpn_lite and cfg.model.head == "ssd_fpnlite" and cfg.model.extra_levels_from == "P5"
-    assert cfg.model.head_width == 64 and cfg.train.epochs == 3
-    assert cfg.model.aspect_ratios == (1.0, 0.5) and cfg.model.scales_per_octave == 2
+    cfg = config_from_dict({"model": {"preset": "ssd_mobilenetv2_fpnlite", "head": {"width": 64}}},
+                           ["train.epochs=3", "model.anchors.aspect_ratios=[1.0, 0.5]"])
+    assert cfg.model.neck.lite and cfg.model.head.kind == "ssd_fpnlite" and cfg.model.neck.extra_levels_from == "P5"
+    assert cfg.model.head.width == 64 and cfg.train.epochs == 3
+    assert cfg.model.anchors.aspect_ratios == (1.0, 0.5) and cfg.model.anchors.scales_per_octave == 2
 
 
 @pytest.mark.parametrize("raw, overrides, message", [
     ({"model": {"fpn_widht": 64}}, [], "unknown config key model.fpn_widht"),
+    ({"model": {"neck": {"widht": 64}}}, [], "unknown config key model.neck.widht"),
+    # the old flat layout names the new key
+    ({"model": {"fpn_width": 64}}, [], "model.fpn_width is now model.neck.width"),
+    ({"model": {"preset": "retinanet_mobilenetv2_fpn", "backbone_weights": None}}, [],
+     "model.backbone_weights is now model.backbone.weights"),
+    ({"model": {"neck": "c5_only"}}, [], "model.neck is now model.neck.kind"),
+    ({}, ["model.anchor_scale=3"], "model.anchor_scale is now model.anchors.scale"),
+    ({}, ["model.seg_width=8"], "model.seg_width is now model.segmentation.width"),
     ({"modle": {}}, [], "unknown config section 'modle'"),
     ({}, ["train.epochs=ten"], "train.epochs: expected an integer, got 'ten'"),
     ({}, ["train.learning_rate=fast"], "train.learning_rate: expected a number"),
     ({"data": {"hflip": "yes"}}, [], "data.hflip: expected true/false"),
     ({"model": {"image_size": [320]}}, [], "model.image_size: expected 2 values, got 1"),
     ({"model": {"preset": "yolo"}}, [], "model.preset: unknown preset 'yolo'"),
-    ({"model": {"head": "fcos"}}, [], "model.head must be 'retinanet' or 'ssd_fpnlite'"),
-    ({"train": {"optimizer": "adam"}}, [], "train.optimizer must be 'sgd' or 'adamw'"),
-    ({"model": {"neck": "c4_only"}}, [], "model.neck must be one of fpn, c5_only, finest_no_topdown, got 'c4_only'"),
-    ({"model": {"task": "segmentation", "neck": "c5_only"}}, [],
+    ({"model": {"head": {"kind": "fcos"}}}, [], "model.head.kind must be one of retinanet, ssd_fpnlite"),
+    ({"train": {"optimizer": "adam"}}, [], "train.optimizer must be one of sgd, adamw"),
+    ({"model": {"neck": {"kind": "c4_only"}}}, [],
+     "model.neck.kind must be one of fpn, c5_only, finest_no_topdown, got 'c4_only'"),
+    ({"model": {"task": "segmentation", "neck": {"kind": "c5_only"}}}, ["train.checkpoint_metric=val_mIoU"],
      "model.neck 'c5_only' is a detection ablation; model.task 'segmentation' needs neck: fpn"),
-    ({"model": {"min_level": 6, "max_level": 7}}, [],
-     "model.min_level/max_level must satisfy 2 <= min_level <= 5 and min_level <= max_level <= 7, got 6..7"),
-    ({"model": {"min_level": 4, "max_level": 3}}, [], "got 4..3"),
+    ({"model": {"neck": {"min_level": 6, "max_level": 7}}}, [],
+     "model.neck.min_level/max_level must satisfy 2 <= min_level <= 5 and min_level <= max_level <= 7, got 6..7"),
+    ({}, ["model.neck.min_level=4", "model.neck.max_level=3"], "got 4..3"),
+    ({"model": {"image_size": [300, 448]}}, [], "model.image_size 300x448 must be divisible by 32"),
     ({}, ["epochs=3"], "key must be section.key"),
     ({}, ["train.epochs"], "expected section.key=value"),
 ])
@@ -39,12 +49,12 @@ def test_config_errors_name_the_key(raw, overrides, message):
 def test_yaml_paths_resolve_and_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_FPN_DATA", "/data/shared")
     (tmp_path / "c.yaml").write_text(
-        "model: {preset: retinanet_mobilenetv2_fpn, backbone_weights: '${KERAS_FPN_DATA}/w.h5'}\n"
+        "model: {preset: retinanet_mobilenetv2_fpn, backbone: {weights: '${KERAS_FPN_DATA}/w.h5'}}\n"
         "data: {train: train.json, val: /abs/val.json}\n")
     cfg = load_config(tmp_path / "c.yaml", ["train.batch_size=4"])
     assert cfg.data.train == str(tmp_path / "train.json")
     assert cfg.data.val == "/abs/val.json"
-    assert cfg.model.backbone_weights == "/data/shared/w.h5"
+    assert cfg.model.backbone.weights == "/data/shared/w.h5"
     save_config(cfg, tmp_path / "resolved.yaml")
     again = load_config(tmp_path / "resolved.yaml")
     assert config_to_dict(again) == config_to_dict(cfg)
@@ -77,9 +87,9 @@ def test_ablation_configs_differ_from_their_base_only_in_the_neck():
     levels = {"fpn": (3, 4, 5, 6), "c5_only": (5,), "finest_no_topdown": (3,)}
     for neck, head_levels in levels.items():
         cfg = load_config(configs / f"ablation_{neck}.yaml")
-        assert cfg.model.neck == neck and cfg.model.head_levels == head_levels
+        assert cfg.model.neck.kind == neck and cfg.model.head_levels == head_levels
         got = config_to_dict(cfg)
-        got["model"]["neck"] = "fpn"
+        got["model"]["neck"]["kind"] = "fpn"
         assert got == base, neck
 
 
@@ -87,3 +97,50 @@ def test_exponent_without_dot_is_a_number():
     # YAML 1.1 (PyYAML) reads `1e-5` as a string; a float key must still accept it
     cfg = config_from_dict({}, ["export.qat_learning_rate=1e-5", "train.learning_rate=2E-3"])
     assert cfg.export.qat_learning_rate == 1e-5 and cfg.train.learning_rate == 0.002
+
+
+def test_unset_variable_in_a_path_names_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("KERAS_FPN_NOPE", raising=False)
+    (tmp_path / "c.yaml").write_text("data: {train: '${KERAS_FPN_NOPE}/train.json'}\n")
+    with pytest.raises(ConfigError, match=r"data.train: \$\{KERAS_FPN_NOPE\} is not set"):
+        load_config(tmp_path / "c.yaml")
+
+
+OLD_FLAT = """\
+# an old config
+model:
+  preset: retinanet_mobilenetv2_fpn
+  backbone: mobilenetv2
+  backbone_alpha: 0.35      # small
+  backbone_weights: null
+  image_size: [256, 256]
+  max_level: 6
+  fpn_width: 32
+  head_width: 32
+  anchor_scale: 3.0         # fits small objects
+  score_threshold: 0.1
+data:
+  hflip: false
+"""
+
+
+def test_migrate_moves_every_flat_key_and_keeps_comments(tmp_path):
+    from keras_fpn.cli import main
+    from keras_fpn.config.migrate import migrate_yaml_text
+
+    new, changes, kept = migrate_yaml_text(OLD_FLAT)
+    assert kept and len(changes) == 8
+    assert "    scale: 3.0         # fits small objects\n" in new and "  backbone:\n    name: mobilenetv2\n" in new
+    path = tmp_path / "old.yaml"
+    path.write_text(OLD_FLAT)
+    with pytest.raises(ConfigError, match="model.backbone is now model.backbone.name"):
+        load_config(path)
+    assert main(["configs", "migrate", str(path), "--in-place"]) == 0
+    assert (tmp_path / "old.yaml.bak").read_text() == OLD_FLAT
+    cfg = load_config(path)
+    m = cfg.model
+    assert (m.backbone.name, m.backbone.alpha, m.backbone.weights) == ("mobilenetv2", 0.35, None)
+    assert (m.neck.max_level, m.neck.width, m.head.width, m.head.depth) == (6, 32, 32, 4)
+    assert (m.anchors.scale, m.postprocess.score_threshold, m.activation) == (3.0, 0.1, "relu6")
+    assert cfg.data.hflip is False
+    assert main(["configs", "migrate", str(path)]) == 0   # already migrated: nothing to do

@@ -197,8 +197,9 @@ def test_matcher_options_follow_the_config():
     from keras_fpn.config import config_from_dict
     from keras_fpn.tasks.detection import matcher_options
 
-    cfg = config_from_dict({}, ["model.image_size=[96, 160]", "model.max_level=5", "model.scales_per_octave=2",
-                             "model.aspect_ratios=[1.0]", "train.matcher=atss", "train.atss_top_k=4"])
+    cfg = config_from_dict({}, ["model.image_size=[96, 160]", "model.neck.max_level=5",
+                                "model.anchors.scales_per_octave=2", "model.anchors.aspect_ratios=[1.0]",
+                                "train.matcher=atss", "train.atss_top_k=4"])
     kw = matcher_options(cfg)
     assert kw["matcher"] == "atss" and kw["atss_top_k"] == 4
     assert kw["level_sizes"] == [12 * 20 * 2, 6 * 10 * 2, 3 * 5 * 2] and len(kw["anchors"]) == 630

@@ -198,9 +198,10 @@ def test_atss_matches_numpy_reference_on_a_real_grid():
 def test_atss_gives_a_small_box_more_positives_than_the_iou_rule():
     # The demo's grid (192 px, P3-P6, anchor scale 4, 2 scales per octave): a 14 px box has IoU
     # <= 0.19 with every anchor, so the IoU rule has only its force-matched anchor.
-    from keras_fpn.config import ModelConfig
+    from keras_fpn.config import AnchorConfig, ModelConfig, NeckConfig
     from keras_fpn.ops.anchors import model_anchors, model_level_sizes
-    mcfg = ModelConfig(image_size=(192, 192), max_level=6, scales_per_octave=2, aspect_ratios=(1.0,))
+    mcfg = ModelConfig(image_size=(192, 192), neck=NeckConfig(max_level=6),
+                       anchors=AnchorConfig(scales_per_octave=2, aspect_ratios=(1.0,)))
     anchors, sizes = model_anchors(mcfg), model_level_sizes(mcfg)
     assert sizes == [24 * 24 * 2, 12 * 12 * 2, 6 * 6 * 2, 3 * 3 * 2]
     box = np.array([[90, 91, 104, 105]], np.float32) / 192

@@ -6,11 +6,10 @@ import keras_fpn  # noqa: F401  (sets KERAS_BACKEND)
 import keras
 from PIL import Image
 
-from keras_fpn.config import ModelConfig
+from keras_fpn.config import BackboneConfig, ModelConfig
 from keras_fpn.models.backbones import WeightsError, build_backbone
 from keras_fpn.models.detector import build_detector
 from keras_fpn.models.fpn import build_fpn
-from keras_fpn.models.presets import PRESETS
 from keras_fpn.models.twin import build_twin
 
 H, W = 320, 448  # non-square; divisible by 32 and 64, not by 128
@@ -103,10 +102,10 @@ def test_fpnlite_neck_parameter_count_by_hand():
 
 def test_input_not_divisible_is_a_clear_error():
     import dataclasses
-    cfg = ModelConfig(num_classes=2, backbone_weights=None)
+    cfg = ModelConfig(num_classes=2, backbone=BackboneConfig(weights=None))
     bad = dataclasses.replace(cfg, image_size=(320, 320))
     object.__setattr__(bad, "image_size", (300, 320))  # bypass the config check: the builder checks too
-    with pytest.raises(ValueError, match=r"300x320 is not divisible by 32 .* use e.g. 320x320"):
+    with pytest.raises(ValueError, match=r"300x320 must be divisible by 32 .* use e.g. 320x320"):
         build_detector(bad)
     from keras_fpn.config import ConfigError
     with pytest.raises(ConfigError, match=r"model.image_size 300x448 must be divisible by 32"):
@@ -154,19 +153,22 @@ def test_real_imagenet_weights_load(mobilenet_v2_weights, raccoon_dir):
 
 
 def _tiny_cfg(preset, **kw):
-    values = {**PRESETS[preset], "backbone_alpha": 0.35, "image_size": (128, 256),
-              "fpn_width": 32, "head_width": 32, "head_depth": 2, **kw}
-    values["aspect_ratios"] = tuple(values["aspect_ratios"])
-    return ModelConfig(**values, num_classes=3, backbone_weights=None)
+    """``preset`` at 128x256 with widths 32, head depth 2, 3 classes; ``kw`` merged into the model section."""
+    from keras_fpn.config import config_from_dict, deep_merge
+
+    small = {"preset": preset, "image_size": [128, 256], "num_classes": 3,
+             "backbone": {"alpha": 0.35, "weights": None}, "neck": {"width": 32}, "head": {"width": 32, "depth": 2}}
+    return config_from_dict({"model": deep_merge(small, kw)}).model
 
 
 @pytest.mark.parametrize("preset, overrides", [
-    ("retinanet_mobilenetv2_fpn", {"neck": "fpn"}), ("ssd_mobilenetv2_fpnlite", {"neck": "fpn"}),
-    ("retinanet_mobilenetv2_fpn", {"neck": "c5_only"}), ("ssd_mobilenetv2_fpnlite", {"neck": "finest_no_topdown"}),
-    ("retinanet_mobilenetv2_fpn", {"fpn_finer_input": True}),
+    ("retinanet_mobilenetv2_fpn", {"neck": {"kind": "fpn"}}), ("ssd_mobilenetv2_fpnlite", {"neck": {"kind": "fpn"}}),
+    ("retinanet_mobilenetv2_fpn", {"neck": {"kind": "c5_only"}}),
+    ("ssd_mobilenetv2_fpnlite", {"neck": {"kind": "finest_no_topdown"}}),
+    ("retinanet_mobilenetv2_fpn", {"neck": {"finer_input": True}}),
     # tf_keras names MobileNetV3 layers differently (Conv/BatchNorm vs conv_bn)
-    ("retinanet_mobilenetv2_fpn", {"backbone": "mobilenetv3small_minimalistic", "backbone_alpha": 1.0}),
-    ("retinanet_mobilenetv2_fpn", {"backbone": "mobilenetv3large", "backbone_alpha": 1.0})])
+    ("retinanet_mobilenetv2_fpn", {"backbone": {"name": "mobilenetv3small_minimalistic", "alpha": 1.0}}),
+    ("retinanet_mobilenetv2_fpn", {"backbone": {"name": "mobilenetv3large", "alpha": 1.0}})])
 def test_tf_keras_twin_matches(preset, overrides):
     cfg = _tiny_cfg(preset, **overrides)
     model = build_detector(cfg)
@@ -210,10 +212,10 @@ def neck_models():
     out = {}
     for neck in NECKS:
         cfg = config_from_dict({"model": {
-            "preset": "retinanet_mobilenetv2_fpn", "neck": neck, "backbone_alpha": 0.35,
-            "backbone_weights": None, "image_size": list(NECK_SIZE), "max_level": 6, "fpn_width": 32,
-            "fpn_batch_norm": True, "head_width": 32, "head_depth": 1, "scales_per_octave": 2,
-            "aspect_ratios": [1.0], "num_classes": 5}}).model
+            "preset": "retinanet_mobilenetv2_fpn", "image_size": list(NECK_SIZE), "num_classes": 5,
+            "backbone": {"alpha": 0.35, "weights": None},
+            "neck": {"kind": neck, "max_level": 6, "width": 32, "batch_norm": True},
+            "head": {"width": 32, "depth": 1}, "anchors": {"scales_per_octave": 2, "aspect_ratios": [1.0]}}}).model
         out[neck] = (cfg, build_detector(cfg))
     return out
 

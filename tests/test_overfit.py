@@ -28,9 +28,9 @@ def test_overfit_one_raccoon_image(raccoon_dir, mobilenet_v2_weights):
     ds = read_dataset(raccoon_dir)
     one = ds.subset([i for i, r in enumerate(ds.records) if r.image_path.endswith("raccoon-1.jpg")])
     cfg = config_from_dict({
-        "model": {"preset": "retinanet_mobilenetv2_fpn", "backbone_alpha": 0.35, "image_size": [256, 256],
-                  "backbone_weights": str(mobilenet_v2_weights[0.35]), "fpn_width": 32, "head_width": 32,
-                  "head_depth": 2, "num_classes": 1},
+        "model": {"preset": "retinanet_mobilenetv2_fpn", "image_size": [256, 256], "num_classes": 1,
+                  "backbone": {"alpha": 0.35, "weights": str(mobilenet_v2_weights[0.35])},
+                  "neck": {"width": 32}, "head": {"width": 32, "depth": 2}},
         "data": {"hflip": False, "scale_jitter": [1.0, 1.0], "photometric": False, "cache": True},
         "train": {"batch_size": 4}})
     model = build_detector(cfg.model)

@@ -36,9 +36,10 @@ def _image(h=50, w=80, seed=0):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("seg_export")
-    cfg = config_from_dict({"model": {"task": "segmentation", "backbone_alpha": 0.35, "backbone_weights": None,
-                                      "image_size": [H, W], "min_level": 3, "max_level": 5, "fpn_width": 16,
-                                      "seg_width": 16, "seg_c2_skip": True, "num_classes": len(LABELS)},
+    cfg = config_from_dict({"model": {"task": "segmentation", "image_size": [H, W], "num_classes": len(LABELS),
+                                      "backbone": {"alpha": 0.35, "weights": None},
+                                      "neck": {"min_level": 3, "max_level": 5, "width": 16},
+                                      "segmentation": {"width": 16, "c2_skip": True}},
                             "train": {"checkpoint_metric": "val_mIoU"}})
     keras.utils.set_random_seed(0)
     model = build_model(cfg.model)

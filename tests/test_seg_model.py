@@ -13,10 +13,14 @@ from keras_fpn.ops.seg_losses import SegmentationLoss
 F, S, C = 16, 16, 3   # fpn width, seg width, foreground classes (K = 4)
 
 
-def _cfg(**kw):
-    values = dict(task="segmentation", backbone_alpha=0.35, image_size=(128, 192), min_level=3, max_level=5,
-                  fpn_width=F, seg_width=S, num_classes=C, backbone_weights=None)
-    return ModelConfig(**{**values, **kw})
+def _cfg(min_level=3, **segmentation):
+    """The small test segmenter (MobileNetV2 0.35, P{min_level}..P5) with ``segmentation`` head keys."""
+    from keras_fpn.config import BackboneConfig, NeckConfig, SegmentationHeadConfig
+
+    return ModelConfig(task="segmentation", image_size=(128, 192), num_classes=C,
+                       backbone=BackboneConfig(alpha=0.35, weights=None),
+                       neck=NeckConfig(min_level=min_level, max_level=5, width=F),
+                       segmentation=SegmentationHeadConfig(width=S, **segmentation))
 
 
 def _seg_params(model) -> int:
@@ -24,7 +28,7 @@ def _seg_params(model) -> int:
                for w in layer.weights)
 
 
-@pytest.mark.parametrize("kw, levels", [({}, (3, 4, 5)), ({"seg_c2_skip": True}, (3, 4, 5)),
+@pytest.mark.parametrize("kw, levels", [({}, (3, 4, 5)), ({"c2_skip": True}, (3, 4, 5)),
                                         ({"min_level": 2}, (2, 3, 4, 5))])
 def test_head_shapes_names_and_weight_count(kw, levels):
     cfg = _cfg(**kw)
@@ -42,7 +46,7 @@ def test_head_shapes_names_and_weight_count(kw, levels):
     # classifier S*K + K; the C2 skip a 1x1 conv C2ch->S + BN.
     convs = [(F if i == 0 else S) for level in levels for i in range(max(level - 2, 1))]
     expected = sum(9 * cin * S + 4 * S for cin in convs) + S * (C + 1) + (C + 1)
-    if kw.get("seg_c2_skip"):
+    if kw.get("c2_skip"):
         c2ch = model.get_layer("seg_C2_skip").input.shape[-1]
         assert c2ch == 48  # MobileNetV2 0.35 block_3_expand_relu
         expected += c2ch * S + 4 * S
@@ -53,7 +57,7 @@ def test_head_shapes_names_and_weight_count(kw, levels):
 
 
 def test_tf_keras_twin_matches():
-    cfg = _cfg(seg_c2_skip=True)
+    cfg = _cfg(c2_skip=True)
     model = build_model(cfg)
     rng = np.random.default_rng(0)
     for layer in model.layers:  # non-trivial BN statistics
@@ -71,7 +75,8 @@ def test_tf_keras_twin_matches():
 def test_nearest_and_bilinear_final_upsample_share_weights():
     cfg = _cfg()
     bil = build_model(cfg)
-    near = build_model(dataclasses.replace(cfg, seg_final_upsample="nearest"))
+    near = build_model(dataclasses.replace(cfg, segmentation=dataclasses.replace(cfg.segmentation,
+                                                                                 final_upsample="nearest")))
     near.set_weights(bil.get_weights())
     x = np.random.default_rng(1).uniform(-1, 1, (1, 128, 192, 3)).astype("float32")
     stride4 = keras.Model(bil.input, bil.get_layer("seg_classifier").output)(x)
@@ -103,9 +108,9 @@ def test_config_checks():
         config_from_dict({"model": {"task": "segmentation"}})
     with pytest.raises(ConfigError, match="'val_mIoU' does not apply to model.task 'detection'"):
         config_from_dict({"train": {"checkpoint_metric": "val_mIoU"}})
-    with pytest.raises(ConfigError, match="seg_final_upsample"):
-        config_from_dict({"model": {"task": "segmentation", "seg_final_upsample": "bicubic"},
+    with pytest.raises(ConfigError, match="model.segmentation.final_upsample must be one of bilinear, nearest"):
+        config_from_dict({"model": {"task": "segmentation", "segmentation": {"final_upsample": "bicubic"}},
                           "train": {"checkpoint_metric": "val_mIoU"}})
     cfg = config_from_dict({"model": {"task": "segmentation"}, "train": {"checkpoint_metric": "val_mIoU"}})
-    assert cfg.model.ignore_label == 255 and cfg.train.dice_weight == 0.0
+    assert cfg.model.segmentation.ignore_label == 255 and cfg.train.dice_weight == 0.0
     assert config_from_dict({}).model.task == "detection"   # the default is unchanged

@@ -42,4 +42,4 @@ def test_export_fp32_through_the_cli(seg_run):
     assert main(["export", str(seg_run), "--mode", "fp32"]) == 0
     meta, _ = read_metadata(seg_run / "model_fp32.tflite")
     assert meta["task"] == "segmentation" and meta["labels"][0] == "background"
-    assert meta["config"]["model"]["seg_c2_skip"] is True
+    assert meta["config"]["model"]["segmentation"]["c2_skip"] is True

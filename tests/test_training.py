@@ -15,15 +15,11 @@ from keras_fpn.cli import main
 TINY = """
 model:
   preset: retinanet_mobilenetv2_fpn
-  backbone_alpha: 0.35
-  backbone_weights: null
   image_size: [128, 128]
-  max_level: 5
-  fpn_width: 16
-  head_width: 16
-  head_depth: 1
-  scales_per_octave: 1
-  aspect_ratios: [1.0]
+  backbone: {alpha: 0.35, weights: null}
+  neck: {max_level: 5, width: 16}
+  head: {width: 16, depth: 1}
+  anchors: {scales_per_octave: 1, aspect_ratios: [1.0]}
 data:
   train: data/train.json
   val: data/val.json
@@ -129,7 +125,7 @@ def test_single_level_neck_trains_evaluates_and_exports_raw(tiny_setup, tmp_path
 
     run = tmp_path / "finest"
     assert main(["train", str(tiny_setup / "tiny.yaml"), "--run-dir", str(run), "--quiet",
-                 "--set", "model.neck=finest_no_topdown", "--set", "train.epochs=1",
+                 "--set", "model.neck.kind=finest_no_topdown", "--set", "train.epochs=1",
                  "--set", "train.steps_per_epoch=3", "--set", "train.precise_bn_batches=1"]) == 0
     rows = _history(run)
     assert len(rows) == 1 and float(rows[0]["step"]) == 3
@@ -137,14 +133,14 @@ def test_single_level_neck_trains_evaluates_and_exports_raw(tiny_setup, tmp_path
     opened = open_run(run)
     cfg = opened.config.model
     # tiny.yaml: 128x128, P3-P5, 1 scale x ratio 1 -> P3 16x16 cells x 3 anchors (sides 32, 64, 128 px).
-    assert cfg.neck == "finest_no_topdown" and cfg.head_levels == (3,)
+    assert cfg.neck.kind == "finest_no_topdown" and cfg.head_levels == (3,)
     anchors = model_anchors(cfg)
     assert anchors.shape == (16 * 16 * 3, 4)
     np.testing.assert_allclose((anchors[:3, 2] - anchors[:3, 0]) * 128, [32, 64, 128], rtol=1e-6)
 
     path = export_model(run, "fp32", raw=True)
     meta, meta_anchors = read_metadata(path)
-    assert meta["config"]["model"]["neck"] == "finest_no_topdown"
+    assert meta["config"]["model"]["neck"]["kind"] == "finest_no_topdown"
     np.testing.assert_array_equal(meta_anchors, anchors)
     x = np.random.default_rng(0).uniform(-1, 1, (1, 128, 128, 3)).astype("float32")
     ref = opened.build_model(which="best", batch_size=1)(x, training=False)

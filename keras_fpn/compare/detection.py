@@ -80,7 +80,7 @@ def _detection_keras(model, dataset, cfg):
 def _detection_tflite(path, dataset, cfg, threads, reference):
     from keras_fpn.evaluation.detection import coco_evaluate, tflite_results
 
-    results = tflite_results(path, dataset, threads=threads, score_threshold=cfg.model.score_threshold)
+    results = tflite_results(path, dataset, threads=threads, score_threshold=cfg.model.postprocess.score_threshold)
     return coco_evaluate(dataset, results), results, detection_changes(reference, results)
 
 

@@ -32,7 +32,7 @@ def _seg_keras(model, dataset, cfg):
 
     maps = {}
     pairs = predict_class_maps(model, dataset, cfg.model, progress=True)
-    return score_class_maps(_kept(pairs, maps), dataset.label_map.names, ignore_label=cfg.model.ignore_label), maps
+    return score_class_maps(_kept(pairs, maps), dataset.label_map.names, ignore_label=cfg.model.segmentation.ignore_label), maps
 
 
 def _seg_tflite(path, dataset, cfg, threads, reference):
@@ -50,7 +50,7 @@ def _seg_tflite(path, dataset, cfg, threads, reference):
 
     maps = {}
     pairs = _kept(compared(tflite_class_maps(path, dataset, threads=threads)), maps, KEPT_MAPS)
-    metrics = score_class_maps(pairs, dataset.label_map.names, ignore_label=cfg.model.ignore_label)
+    metrics = score_class_maps(pairs, dataset.label_map.names, ignore_label=cfg.model.segmentation.ignore_label)
     changes["changed_fraction"] = changes["changed"] / changes["pixels"] if changes["pixels"] else None
     return metrics, maps, changes
 

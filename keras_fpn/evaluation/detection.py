@@ -101,9 +101,9 @@ def detection_function(model, model_cfg):
     from keras_fpn.ops.postprocess import decode_detections
 
     anchors = model_anchors(model_cfg)
-    nms = dict(scale_factors=model_cfg.box_scale_factors, score_threshold=model_cfg.score_threshold,
-               iou_threshold=model_cfg.iou_threshold, max_detections=model_cfg.max_detections,
-               max_detections_per_class=model_cfg.max_detections_per_class)
+    nms = dict(scale_factors=model_cfg.anchors.box_scale_factors, score_threshold=model_cfg.postprocess.score_threshold,
+               iou_threshold=model_cfg.postprocess.iou_threshold, max_detections=model_cfg.postprocess.max_detections,
+               max_detections_per_class=model_cfg.postprocess.max_detections_per_class)
 
     height, width = model_cfg.image_size
 
@@ -127,7 +127,7 @@ def predict_dataset(model, dataset, model_cfg, *, batch_size: int = 8, progress:
 
     detect = detect or detection_function(model, model_cfg)
     ds = build_inference_dataset(dataset, image_size=model_cfg.image_size,
-                                 normalization=NORMALIZATION[model_cfg.backbone], batch_size=batch_size)
+                                 normalization=NORMALIZATION[model_cfg.backbone.name], batch_size=batch_size)
     results = []
     iterator = ds
     if progress:

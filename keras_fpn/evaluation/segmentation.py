@@ -222,7 +222,7 @@ def predict_class_maps(model, dataset, model_cfg, *, batch_size: int = 8, progre
 
     by_id = {r.image_id: r for r in dataset.records}
     ds = build_inference_dataset(dataset, image_size=model_cfg.image_size,
-                                 normalization=NORMALIZATION[model_cfg.backbone], batch_size=batch_size)
+                                 normalization=NORMALIZATION[model_cfg.backbone.name], batch_size=batch_size)
     iterator = ds
     if progress:
         from tqdm import tqdm
@@ -255,7 +255,7 @@ def evaluate_segmentation(model, dataset, model_cfg, *, batch_size: int = 8,
                           tolerance: int = BOUNDARY_TOLERANCE, progress: bool = False) -> dict:
     """mIoU, per-class IoU and boundary F of a Keras segmenter on a dataset (``SegmentationMetrics.result``)."""
     return score_class_maps(predict_class_maps(model, dataset, model_cfg, batch_size=batch_size, progress=progress),
-                            dataset.label_map.names, ignore_label=model_cfg.ignore_label, tolerance=tolerance)
+                            dataset.label_map.names, ignore_label=model_cfg.segmentation.ignore_label, tolerance=tolerance)
 
 
 def tflite_class_maps(model_path, dataset, *, threads: int | None = None):

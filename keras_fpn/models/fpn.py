@@ -40,7 +40,7 @@ def _conv3x3(ns: ModuleType, x, *, width: int, strides: int, name: str, lite: bo
     else:
         x = L.Conv2D(width, 3, strides=strides, padding="same", use_bias=not use_bn, name=name)(x)
     if use_bn:
-        x = L.BatchNormalization(momentum=0.99, epsilon=1e-3, name=f"{name}_bn")(x)
+        x = L.BatchNormalization(epsilon=1e-3, name=f"{name}_bn")(x)
     if lite:
         x = L.ReLU(6.0, name=f"{name}_relu6")(x)
     return x

@@ -91,7 +91,7 @@ def build_ssd_fpnlite_head(ns: ModuleType, pyramid: dict, *, num_classes: int, n
         x = feature
         for i, (dw, pw) in enumerate(tower):
             x = pw(dw(x))
-            x = L.BatchNormalization(momentum=0.997, epsilon=1e-3, name=f"head_tower_{i}_bn_{level}")(x)
+            x = L.BatchNormalization(epsilon=1e-3, name=f"head_tower_{i}_bn_{level}")(x)
             x = L.ReLU(max_value, name=f"head_tower_{i}_relu_{level}")(x)
         outputs[level] = (box_pw(box_dw(x)), cls_pw(cls_dw(x)))
     return outputs

@@ -1,4 +1,4 @@
-"""Named architecture presets (values for ``ModelConfig``).
+"""Named architecture presets: complete ``model`` sections (the ``ModelConfig`` tree) to start from.
 
 ==========================  ======================================  =========================================
 preset                      follows                                 what it is
@@ -15,19 +15,25 @@ retinanet_resnet50_fpn      RetinaNet paper / TF OD API             ResNet50, FP
 ==========================  ======================================  =========================================
 """
 PRESETS = {
-    "retinanet_mobilenetv2_fpn": dict(
-        backbone="mobilenetv2", backbone_alpha=1.0, image_size=[320, 320], min_level=3, max_level=7,
-        fpn_width=128, fpn_lite=False, fpn_batch_norm=False, extra_levels_from="C5",
-        head="retinanet", head_width=128, head_depth=4, activation="relu6",
-        anchor_scale=4.0, scales_per_octave=3, aspect_ratios=[0.5, 1.0, 2.0]),
-    "ssd_mobilenetv2_fpnlite": dict(
-        backbone="mobilenetv2", backbone_alpha=1.0, image_size=[320, 320], min_level=3, max_level=7,
-        fpn_width=128, fpn_lite=True, fpn_batch_norm=True, extra_levels_from="P5",
-        head="ssd_fpnlite", head_width=128, head_depth=4, activation="relu6",
-        anchor_scale=4.0, scales_per_octave=2, aspect_ratios=[1.0, 2.0, 0.5]),
-    "retinanet_resnet50_fpn": dict(
-        backbone="resnet50", backbone_alpha=1.0, image_size=[640, 640], min_level=3, max_level=7,
-        fpn_width=256, fpn_lite=False, fpn_batch_norm=False, extra_levels_from="C5",
-        head="retinanet", head_width=256, head_depth=4, activation="relu",
-        anchor_scale=4.0, scales_per_octave=3, aspect_ratios=[0.5, 1.0, 2.0]),
+    "retinanet_mobilenetv2_fpn": {
+        "image_size": [320, 320], "activation": "relu6",
+        "backbone": {"name": "mobilenetv2", "alpha": 1.0},
+        "neck": {"kind": "fpn", "min_level": 3, "max_level": 7, "width": 128, "lite": False, "batch_norm": False,
+                 "extra_levels_from": "C5"},
+        "head": {"kind": "retinanet", "width": 128, "depth": 4},
+        "anchors": {"scale": 4.0, "scales_per_octave": 3, "aspect_ratios": [0.5, 1.0, 2.0]}},
+    "ssd_mobilenetv2_fpnlite": {
+        "image_size": [320, 320], "activation": "relu6",
+        "backbone": {"name": "mobilenetv2", "alpha": 1.0},
+        "neck": {"kind": "fpn", "min_level": 3, "max_level": 7, "width": 128, "lite": True, "batch_norm": True,
+                 "extra_levels_from": "P5"},
+        "head": {"kind": "ssd_fpnlite", "width": 128, "depth": 4},
+        "anchors": {"scale": 4.0, "scales_per_octave": 2, "aspect_ratios": [1.0, 2.0, 0.5]}},
+    "retinanet_resnet50_fpn": {
+        "image_size": [640, 640], "activation": "relu",
+        "backbone": {"name": "resnet50", "alpha": 1.0},
+        "neck": {"kind": "fpn", "min_level": 3, "max_level": 7, "width": 256, "lite": False, "batch_norm": False,
+                 "extra_levels_from": "C5"},
+        "head": {"kind": "retinanet", "width": 256, "depth": 4},
+        "anchors": {"scale": 4.0, "scales_per_octave": 3, "aspect_ratios": [0.5, 1.0, 2.0]}},
 }

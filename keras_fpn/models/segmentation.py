@@ -10,7 +10,7 @@ upsample::
     for i in range(max(l - 2, 1)):
         x = ReLU(BN(Conv3x3(x)))                 seg_P{l}_conv{i}, _bn, _relu
         if l > 2: x = NearestUp2(x)              seg_P{l}_up{i}
-    sum_l x  (+ ReLU(BN(Conv1x1(C2))) with seg_c2_skip)   seg_sum (seg_C2_skip, _bn, _relu)
+    sum_l x  (+ ReLU(BN(Conv1x1(C2))) with c2_skip)   seg_sum (seg_C2_skip, _bn, _relu)
     logits_4 = Conv1x1(sum) -> K channels        seg_classifier
     seg_logits = Up4(logits_4)                   seg_logits  ([B, H, W, K], float32)
 
@@ -30,7 +30,7 @@ Design decisions (measured in benchmarks/results/segmentation.md):
 - The x2 stages use **nearest** upsampling (the same layer as the FPN top-down
   path): it copies values, so it adds no quantization error, and the tf_keras
   twin that export converts lowers it to RESIZE_NEAREST_NEIGHBOR.
-- The final x4 upsample is **bilinear** by default (``seg_final_upsample``):
+- The final x4 upsample is **bilinear** by default (``segmentation.final_upsample``):
   on the same weights it scored higher than nearest in float (P2-P5: mIoU
   0.772 vs 0.751, boundary F@1px 0.509 vs 0.480; P3-P5: F@2px 0.670 vs 0.559)
   and in int8 (mIoU 0.779 vs 0.757); it lowers to one RESIZE_BILINEAR under
@@ -44,7 +44,7 @@ Design decisions (measured in benchmarks/results/segmentation.md):
   + one 3x3 output conv at stride 4): boundary F@1px 0.469 -> 0.509 (first
   round 0.432 -> 0.542), for +9 % parameters and +70-80 % invoke time at
   128 px; its mIoU / F@2px differences were within run-to-run noise. The
-  alternative ``seg_c2_skip`` (a 1x1 conv of the stride-4 tap C2 added to the
+  alternative ``segmentation.c2_skip`` (a 1x1 conv of the stride-4 tap C2 added to the
   sum) did not help. Both keep the graph to Conv/BN/ReLU/Add/Resize.
 """
 from __future__ import annotations
@@ -53,8 +53,8 @@ from types import ModuleType
 
 import keras
 
-from keras_fpn.models.backbones import build_backbone
-from keras_fpn.models.fpn import BACKBONE_MAX_LEVEL, build_fpn
+from keras_fpn.models.fpn import BACKBONE_MAX_LEVEL
+from keras_fpn.models.pyramid import build_pyramid, set_bn_momentum
 
 #: stride of the head's sum (the finest backbone tap, C2)
 HEAD_STRIDE = 4
@@ -63,7 +63,7 @@ HEAD_STRIDE = 4
 def _conv_bn_relu(ns: ModuleType, x, *, width: int, kernel: int, name: str):
     L = ns.layers
     x = L.Conv2D(width, kernel, padding="same", use_bias=False, name=name)(x)
-    x = L.BatchNormalization(momentum=0.99, epsilon=1e-3, name=f"{name}_bn")(x)
+    x = L.BatchNormalization(epsilon=1e-3, name=f"{name}_bn")(x)
     return L.ReLU(name=f"{name}_relu")(x)
 
 
@@ -106,38 +106,25 @@ def build_segmenter(cfg, *, ns: ModuleType = keras, batch_size: int | None = Non
     """Build the FPN semantic segmenter described by a ``ModelConfig`` (``task: segmentation``).
 
     Args:
-      cfg: ``keras_fpn.config.ModelConfig``: backbone, ``min_level`` (2 or 3: P2
-        in the pyramid or not), ``fpn_width``/``fpn_lite``/``fpn_batch_norm``,
-        ``seg_width``, ``seg_c2_skip``, ``seg_final_upsample``, ``num_classes`` >= 1.
+      cfg: ``keras_fpn.config.ModelConfig``: ``backbone``, ``neck`` (``min_level`` 2 or 3:
+        P2 in the pyramid or not), ``segmentation`` (head width, C2 skip, final
+        upsample), ``num_classes`` >= 1.
       ns: Keras namespace (``keras``, or ``tf_keras`` for the tfmot twin).
       batch_size: static batch dimension (1 for TFLite export) or None.
-      backbone_weights: ``"config"`` uses ``cfg.backbone_weights``; anything
-        else overrides it (None when trained weights are loaded afterwards).
+      backbone_weights: ``"config"`` or an override (``build_pyramid``).
 
     Returns:
       A functional ``ns.Model`` named ``fpn_segmenter`` with the one output
       ``{"seg_logits": [B, H, W, num_classes + 1]}``.
     """
-    if cfg.num_classes < 1:
-        raise ValueError("model.num_classes must be >= 1 (it is set from the training data's labels)")
-    if cfg.min_level > BACKBONE_MAX_LEVEL:
-        raise ValueError(f"segmentation needs min_level <= 5, got {cfg.min_level}")
-    height, width = cfg.image_size
-    if height % 32 or width % 32:
-        raise ValueError(f"input size {height}x{width} is not divisible by 32 (the backbone's C5 stride); "
-                         f"use e.g. {-(-height // 32) * 32}x{-(-width // 32) * 32}")
-    weights = cfg.backbone_weights if backbone_weights == "config" else backbone_weights
-    inputs = ns.Input((height, width, 3), batch_size=batch_size, name="image")
-    features = build_backbone(ns, cfg.backbone, inputs, alpha=cfg.backbone_alpha, weights=weights)
-    top = min(cfg.max_level, BACKBONE_MAX_LEVEL)
-    pyramid = build_fpn(ns, features, min_level=cfg.min_level, max_level=top, width=cfg.fpn_width,
-                        lite=cfg.fpn_lite, batch_norm=cfg.fpn_batch_norm,
-                        extra_levels_from=cfg.extra_levels_from, finer_input=cfg.fpn_finer_input)
-    logits = build_semantic_head(ns, pyramid, num_outputs=cfg.num_classes + 1, width=cfg.seg_width,
-                                 c2=features["C2"] if cfg.seg_c2_skip else None,
-                                 final_upsample=cfg.seg_final_upsample)
+    if cfg.neck.min_level > BACKBONE_MAX_LEVEL:
+        raise ValueError(f"segmentation needs min_level <= 5, got {cfg.neck.min_level}")
+    inputs, features, pyramid = build_pyramid(cfg, ns=ns, batch_size=batch_size,
+                                              backbone_weights=backbone_weights, min_level=cfg.neck.min_level,
+                                              max_level=min(cfg.neck.max_level, BACKBONE_MAX_LEVEL))
+    logits = build_semantic_head(ns, pyramid, num_outputs=cfg.num_classes + 1, width=cfg.segmentation.width,
+                                 c2=features["C2"] if cfg.segmentation.c2_skip else None,
+                                 final_upsample=cfg.segmentation.final_upsample)
     model = ns.Model(inputs, {"seg_logits": logits}, name="fpn_segmenter")
-    for layer in model.layers:  # model.bn_momentum for every BN, as build_detector (keras.applications: 0.999)
-        if isinstance(layer, ns.layers.BatchNormalization):
-            layer.momentum = cfg.bn_momentum
+    set_bn_momentum(model, cfg.bn_momentum, ns)
     return model

@@ -188,19 +188,19 @@ def generate_anchors(image_size: Sequence[int], min_level: int, max_level: int,
 
 def _on_level(model_cfg) -> int | None:
     """The single grid level of a ``ModelConfig`` with a single-level neck, else None."""
-    return None if model_cfg.neck == "fpn" else model_cfg.head_levels[0]
+    return None if model_cfg.neck.kind == "fpn" else model_cfg.head_levels[0]
 
 
 def model_anchors_per_location(model_cfg) -> int:
     """Anchors per feature-map cell of a ``keras_fpn.config.ModelConfig`` (``neck`` aware)."""
-    octaves = 1 if _on_level(model_cfg) is None else model_cfg.max_level - model_cfg.min_level + 1
-    return octaves * num_anchors_per_location(model_cfg.scales_per_octave, model_cfg.aspect_ratios)
+    octaves = 1 if _on_level(model_cfg) is None else model_cfg.neck.max_level - model_cfg.neck.min_level + 1
+    return octaves * num_anchors_per_location(model_cfg.anchors.scales_per_octave, model_cfg.anchors.aspect_ratios)
 
 
 def model_level_sizes(model_cfg) -> list[int]:
     """Anchors per level of a ``ModelConfig``, in :func:`model_anchors` order (for the ATSS matcher)."""
-    return list(anchors_per_level(tuple(model_cfg.image_size), model_cfg.min_level, model_cfg.max_level,
-                                  model_cfg.scales_per_octave, tuple(model_cfg.aspect_ratios),
+    return list(anchors_per_level(tuple(model_cfg.image_size), model_cfg.neck.min_level, model_cfg.neck.max_level,
+                                  model_cfg.anchors.scales_per_octave, tuple(model_cfg.anchors.aspect_ratios),
                                   on_level=_on_level(model_cfg)).values())
 
 
@@ -211,6 +211,6 @@ def model_anchors(model_cfg) -> np.ndarray:
     :func:`generate_anchors`: training targets, evaluation, export and the
     detector's head width all follow it.
     """
-    return generate_anchors(tuple(model_cfg.image_size), model_cfg.min_level, model_cfg.max_level,
-                            model_cfg.anchor_scale, model_cfg.scales_per_octave,
-                            tuple(model_cfg.aspect_ratios), on_level=_on_level(model_cfg))
+    return generate_anchors(tuple(model_cfg.image_size), model_cfg.neck.min_level, model_cfg.neck.max_level,
+                            model_cfg.anchors.scale, model_cfg.anchors.scales_per_octave,
+                            tuple(model_cfg.anchors.aspect_ratios), on_level=_on_level(model_cfg))

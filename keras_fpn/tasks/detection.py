@@ -17,7 +17,7 @@ def matcher_options(cfg) -> dict:
     t = cfg.train
     return dict(anchors=model_anchors(cfg.model), matcher=t.matcher, positive_iou=t.positive_iou,
                 negative_iou=t.negative_iou, level_sizes=model_level_sizes(cfg.model),
-                atss_top_k=t.atss_top_k, scale_factors=tuple(cfg.model.box_scale_factors))
+                atss_top_k=t.atss_top_k, scale_factors=tuple(cfg.model.anchors.box_scale_factors))
 
 
 class DetectionTask(Task):

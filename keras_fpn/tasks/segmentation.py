@@ -19,8 +19,8 @@ class SegmentationTask(Task):
                     "and `fpn-edge segment MODEL IMAGE --out DIR`")
 
     def check_model_config(self, model_cfg):
-        if model_cfg.neck != "fpn":
-            return (f"model.neck {model_cfg.neck!r} is a detection ablation; model.task "
+        if model_cfg.neck.kind != "fpn":
+            return (f"model.neck {model_cfg.neck.kind!r} is a detection ablation; model.task "
                     f"{self.name!r} needs neck: fpn")
         return None
 
@@ -33,12 +33,12 @@ class SegmentationTask(Task):
         from keras_fpn.data.pipeline import build_segmentation_dataset
 
         return build_segmentation_dataset(dataset, **pipeline_options(cfg, training, batch_size, seed, deterministic),
-                                          ignore_label=cfg.model.ignore_label)
+                                          ignore_label=cfg.model.segmentation.ignore_label)
 
     def losses(self, cfg):
         from keras_fpn.ops.seg_losses import SegmentationLoss
 
-        return ({"seg_logits": SegmentationLoss(ignore_label=cfg.model.ignore_label,
+        return ({"seg_logits": SegmentationLoss(ignore_label=cfg.model.segmentation.ignore_label,
                                                 dice_weight=cfg.train.dice_weight)},
                 {"seg_logits": 1.0})
 

@@ -27,12 +27,12 @@ def predict_images(run, paths, out, *, threshold: float, max_detections: int, wh
     all_dets = {}
     for path in paths:
         image = load_image(path)
-        x, resized_hw = preprocess_for_inference(tf.constant(image), mcfg.image_size, NORMALIZATION[mcfg.backbone])
+        x, resized_hw = preprocess_for_inference(tf.constant(image), mcfg.image_size, NORMALIZATION[mcfg.backbone.name])
         raw = model(x[None], training=False)
-        det = decode_detections(raw["box_deltas"], raw["class_logits"], anchors, scale_factors=mcfg.box_scale_factors,
-                                score_threshold=threshold, iou_threshold=mcfg.iou_threshold,
+        det = decode_detections(raw["box_deltas"], raw["class_logits"], anchors, scale_factors=mcfg.anchors.box_scale_factors,
+                                score_threshold=threshold, iou_threshold=mcfg.postprocess.iou_threshold,
                                 max_detections=max_detections,
-                                max_detections_per_class=mcfg.max_detections_per_class)
+                                max_detections_per_class=mcfg.postprocess.max_detections_per_class)
         n = int(det["num_detections"][0])
         boxes = canvas_to_original(det["boxes"][0].numpy()[:n], resized_hw.numpy(), mcfg.image_size)
         h, w = image.shape[:2]

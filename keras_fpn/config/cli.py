@@ -1,0 +1,48 @@
+"""``keras-fpn configs migrate``: rewrite a config of the old flat model layout as the tree."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def _cmd_migrate(args) -> int:
+    from keras_fpn.config.loader import load_config
+    from keras_fpn.config.migrate import migrate_yaml_text
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    new, changes, comments_kept = migrate_yaml_text(path.read_text())
+    if not changes:
+        print(f"{path}: already in the tree layout, nothing to change", file=sys.stderr)
+        return 0
+    for change in changes:
+        print(f"  {change}", file=sys.stderr)
+    if not comments_kept:
+        print(f"{path}: the model section could not be rewritten line by line; its comments are dropped",
+              file=sys.stderr)
+    if not args.in_place:
+        sys.stdout.write(new)
+        return 0
+    from fpn_edge.atomic import write_text_atomic
+
+    backup = path.with_name(path.name + ".bak")
+    write_text_atomic(backup, path.read_text())
+    write_text_atomic(path, new)
+    load_config(path)  # the rewritten file must load (it does: the rewrite is checked against the old one)
+    print(f"{path}: rewritten ({len(changes)} keys moved; the old file is {backup})", file=sys.stderr)
+    return 0
+
+
+def add_config_commands(sub) -> None:
+    p = sub.add_parser("configs", help="work with config files (migrate an old flat config)",
+                       description="Config file tools.")
+    verbs = p.add_subparsers(dest="configs_command", required=True)
+    m = verbs.add_parser("migrate", help="rewrite an old flat `model:` section as the tree layout",
+                         description="Move each old flat model key (fpn_width, anchor_scale, seg_width, ...) to its "
+                                     "place in the tree (neck.width, anchors.scale, segmentation.width, ...), "
+                                     "keeping comments where the file's lines allow it. Prints the new file, "
+                                     "or rewrites it with --in-place (the old one is kept as FILE.bak).")
+    m.add_argument("file", help="the YAML config (or a run directory's config.yaml)")
+    m.add_argument("--in-place", action="store_true", help="rewrite FILE, keeping FILE.bak")
+    m.set_defaults(func=_cmd_migrate)

@@ -1,0 +1,239 @@
+"""The config tree: frozen dataclasses, their defaults and their value checks.
+
+A ``Config`` has four sections. ``model`` is itself a small tree::
+
+    model:
+      preset, task, num_classes, image_size, activation, bn_momentum
+      backbone:     name, alpha, weights
+      neck:         kind, min_level, max_level, width, lite, batch_norm, extra_levels_from, finer_input
+      head:         kind, width, depth, prior_probability
+      anchors:      scale, scales_per_octave, aspect_ratios, box_scale_factors      (detection)
+      postprocess:  score_threshold, iou_threshold, max_detections, max_detections_per_class  (detection)
+      segmentation: width, c2_skip, final_upsample, ignore_label                     (segmentation)
+    data:   train, val, train_include, val_include, strict, hflip, scale_jitter, photometric, cache
+    train:  optimisation, target assignment and losses
+    export: TFLite export and quantization
+
+The defaults are a generic RetinaNet-style MobileNetV2 FPN (P3-P7, width 128,
+4 x 128 towers, 9 anchors, ReLU); the named presets (``keras_fpn.models.presets``)
+are complete starting points and differ from it (e.g. ReLU6 for the mobile ones).
+Every check raises ``ConfigError`` naming the key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from keras_fpn.tasks import TASK_NAMES, get_task
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or has the wrong type/value."""
+
+
+#: ``model.neck.kind``: the FPN paper's ablation (Lin et al. 2017, Table 1 single-scale baselines).
+#: ``fpn``: P{min_level}..P{max_level} with the top-down pathway; ``c5_only``: one level, P5 =
+#: 3x3(1x1(C5)); ``finest_no_topdown``: one level, P{min_level} = 3x3(1x1(C{min_level})), no
+#: top-down pathway. A single-level neck carries the anchors of every level min..max on its grid.
+NECKS = ("fpn", "c5_only", "finest_no_topdown")
+#: ``model.head.kind``
+HEADS = ("retinanet", "ssd_fpnlite")
+#: the deepest backbone stride (C5): every input side must be a multiple of it
+BACKBONE_STRIDE = 32
+
+
+def check_image_size(image_size) -> tuple[int, int]:
+    """``(height, width)`` of a model input, or ``ConfigError``: both positive multiples of
+    ``BACKBONE_STRIDE`` (the top-down pathway doubles exactly from C5 down; P6/P7 are
+    stride-2 SAME convs, ``ceil(size / 2)``, so 320 px with P3-P7 is fine)."""
+    h, w = (int(v) for v in image_size)
+    if h <= 0 or w <= 0 or h % BACKBONE_STRIDE or w % BACKBONE_STRIDE:
+        s = BACKBONE_STRIDE
+        raise ConfigError(f"model.image_size {h}x{w} must be divisible by {s} (the backbone's C5 stride); "
+                          f"use e.g. {max(-(-h // s), 1) * s}x{max(-(-w // s), 1) * s}")
+    return h, w
+
+
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The bottom-up network (``keras_fpn.models.backbones``)."""
+    name: str = "mobilenetv2"
+    alpha: float = 1.0
+    weights: str | None = "imagenet"    # "imagenet" (download), a .weights.h5 path, or null (random)
+
+
+@dataclass(frozen=True)
+class NeckConfig:
+    """The feature pyramid (``keras_fpn.models.fpn``): levels P{min_level}..P{max_level}."""
+    kind: str = "fpn"                   # NECKS
+    min_level: int = 3
+    max_level: int = 7
+    width: int = 128
+    lite: bool = False                  # separable 3x3 output convs (FPNLite)
+    batch_norm: bool = False
+    extra_levels_from: str = "C5"       # P6 from C5 (RetinaNet) or from P5 (FPNLite)
+    finer_input: bool = False           # P{min} also adds a stride-2 3x3 conv of C{min-1} (small-object detail)
+
+    def __post_init__(self):
+        _one_of("model.neck.kind", self.kind, NECKS)
+        if not (2 <= self.min_level <= 5 and self.min_level <= self.max_level <= 7):
+            raise ConfigError(f"model.neck.min_level/max_level must satisfy 2 <= min_level <= 5 and "
+                              f"min_level <= max_level <= 7, got {self.min_level}..{self.max_level}")
+        _one_of("model.neck.extra_levels_from", self.extra_levels_from, ("C5", "P5"))
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The detection head (``keras_fpn.models.heads``), shared across levels."""
+    kind: str = "retinanet"             # HEADS
+    width: int = 128
+    depth: int = 4
+    prior_probability: float = 0.01     # initial foreground probability of the class logits
+
+    def __post_init__(self):
+        _one_of("model.head.kind", self.kind, HEADS)
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Anchors and box coding (``keras_fpn.ops.anchors``, ``keras_fpn.ops.box_coder``)."""
+    scale: float = 4.0                  # base anchor side = scale * stride
+    scales_per_octave: int = 3
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    box_scale_factors: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Decode + per-class NMS (evaluation, export, the edge runtime)."""
+    score_threshold: float = 0.05
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+    max_detections_per_class: int = 100
+
+
+@dataclass(frozen=True)
+class SegmentationHeadConfig:
+    """The semantic head (``task: segmentation``, ``keras_fpn.models.segmentation``): it reads
+    P{min_level}..P{min(max_level, 5)}; P6/P7 are not built."""
+    width: int = 128                    # channels of the semantic head
+    c2_skip: bool = False               # add a 1x1 conv of C2 (stride 4) into the head's sum
+    final_upsample: str = "bilinear"    # x4 logits -> input size: "bilinear" | "nearest"
+    ignore_label: int = 255             # class-map value that the loss and metrics skip
+
+    def __post_init__(self):
+        _one_of("model.segmentation.final_upsample", self.final_upsample, ("bilinear", "nearest"))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture (see the module docstring for the tree)."""
+    preset: str | None = None
+    task: str = "detection"             # keras_fpn.tasks.TASK_NAMES
+    num_classes: int = 0                # filled from the training data's label map
+    image_size: tuple[int, int] = (320, 320)   # (height, width), divisible by 32
+    activation: str = "relu"            # "relu" | "relu6"
+    bn_momentum: float = 0.99           # every BatchNorm, backbone included (Keras' 0.999 is too slow for short runs)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    segmentation: SegmentationHeadConfig = field(default_factory=SegmentationHeadConfig)
+
+    def __post_init__(self):
+        _one_of("model.task", self.task, TASK_NAMES)
+        _one_of("model.activation", self.activation, ("relu", "relu6"))
+        check_image_size(self.image_size)
+        ignore = self.segmentation.ignore_label
+        if not 0 <= ignore <= 255 or (self.num_classes and ignore <= self.num_classes):
+            raise ConfigError(f"model.segmentation.ignore_label must be in ({self.num_classes}, 255] (class maps "
+                              f"are uint8, 0 = background, 1..num_classes = classes), got {ignore}")
+        reason = get_task(self.task).check_model_config(self)
+        if reason:
+            raise ConfigError(reason)
+
+    @property
+    def head_levels(self) -> tuple[int, ...]:
+        """Pyramid levels the head predicts on (``neck.kind``): all of P{min}..P{max}, or one level."""
+        if self.neck.kind == "c5_only":
+            return (5,)
+        if self.neck.kind == "finest_no_topdown":
+            return (self.neck.min_level,)
+        return tuple(range(self.neck.min_level, self.neck.max_level + 1))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is (COCO JSON, VOC dir, YOLO dir or TFRecord) and how it is augmented."""
+    train: str | None = None
+    val: str | None = None
+    train_include: str | None = None   # optional list of image file names (txt or csv 'filename')
+    val_include: str | None = None
+    strict: bool = False               # first bad item is an error instead of a skipped warning
+    hflip: bool = True
+    scale_jitter: tuple[float, float] = (0.8, 1.25)
+    photometric: bool = True
+    cache: bool = True                 # keep decoded images in memory (small datasets)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, target assignment and losses."""
+    epochs: int = 30
+    steps_per_epoch: int | None = None  # None: one pass over the training set
+    batch_size: int = 16
+    optimizer: str = "sgd"               # "sgd" (momentum) | "adamw"
+    learning_rate: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    warmup_epochs: float = 1.0
+    clipnorm: float | None = 10.0
+    freeze_backbone_epochs: int = 0
+    precise_bn_batches: int = 20         # recompute BN statistics on N train batches before each evaluation (0: off)
+    eval_every: int = 5                  # evaluation on the val split every N epochs (0: only at the end)
+    checkpoint_metric: str = "val_AP"    # one of the task's checkpoint_metrics (detection: val_AP | val_loss)
+    seed: int = 0
+    matcher: str = "iou"                 # "iou" (RetinaNet 0.5 / 0.4 thresholds) | "atss" (per-box threshold)
+    atss_top_k: int = 9                  # atss: candidate anchors per level and box
+    positive_iou: float = 0.5
+    negative_iou: float = 0.4
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    box_loss_delta: float = 0.1
+    box_loss_weight: float = 50.0
+    dice_weight: float = 0.0             # segmentation: loss = CE + dice_weight * soft Dice
+
+    def __post_init__(self):
+        _one_of("train.optimizer", self.optimizer, ("sgd", "adamw"))
+        _one_of("train.matcher", self.matcher, ("iou", "atss"))
+        if self.atss_top_k < 1:
+            raise ConfigError(f"train.atss_top_k must be >= 1, got {self.atss_top_k}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """TFLite export and quantization."""
+    representative_images: int = 100
+    int8_io: str = "uint8"               # "uint8" | "int8" | "float32"
+    qat_steps: int = 300
+    qat_learning_rate: float = 1e-5      # Adam; 1e-4 cost 4.4 % AP on the converged raccoon model (DESIGN.md)
+    qat_batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self):
+        allowed = get_task(self.model.task).checkpoint_metrics
+        if self.train.checkpoint_metric not in allowed:
+            raise ConfigError(f"train.checkpoint_metric {self.train.checkpoint_metric!r} does not apply to "
+                              f"model.task {self.model.task!r}; use one of {', '.join(allowed)}")
