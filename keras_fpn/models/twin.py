@@ -1,6 +1,7 @@
-"""The tf_keras (Keras 2) twin of a Keras 3 detector or segmenter, for tfmot (DESIGN decision 2).
+"""The tf_keras (Keras 2) twin of a Keras 3 detector or segmenter: what tfmot and the exporter work on.
 
-tfmot's quantize/prune APIs reject Keras 3 models. The same builder functions
+tfmot's quantize/prune APIs reject Keras 3 models (and tf_keras lowers nearest upsampling to
+one RESIZE_NEAREST_NEIGHBOR, which the Edge TPU maps). The same builder functions
 build the architecture under ``tf_keras``; ``copy_weights`` transfers the
 trained values layer by layer (layers with weights are matched in graph order
 and must have identical weight shapes; names are compared where Keras does not
