@@ -64,7 +64,7 @@ def test_rewrite_replaces_archive_in_place(models, tmp_path):
     assert meta2["labels"] == ["a", "b", "c"]
     assert strip_metadata(p.read_bytes()) == strip_metadata(models["pp_fp32"].read_bytes())
     assert len(p.read_bytes()) < len(models["pp_fp32"].read_bytes()) + 200
-    assert not list(tmp_path.glob(".*tmp"))  # temp file renamed away
+    assert not list(tmp_path.glob(".tmp-*"))  # temp file renamed away
 
 
 def test_no_metadata_error_names_file(models):
@@ -115,3 +115,4 @@ def test_newer_schema_rejected(models, tmp_path):
     p = write_metadata(models["raw_fp32_nometa"], meta, anchors, tmp_path / "new.tflite")
     with pytest.raises(EdgeError, match="schema_version 99 is newer"):
         read_metadata(p)
+
