@@ -279,6 +279,7 @@ def cmd_bench(args) -> int:
 def cmd_info(args) -> int:
     from fpn_edge.interpreter import describe_model
     from fpn_edge.metadata import read_metadata
+    from fpn_edge.runner import runner_class
 
     info = describe_model(args.model)
     try:
@@ -321,11 +322,7 @@ def cmd_info(args) -> int:
                 f"input    {meta['input']['height']}x{meta['input']['width']}, {norm['channel_order']}, "
                 f"mean {norm['mean']}, std {norm['std']}",
                 f"labels   ({len(meta['labels'])}) {', '.join(meta['labels'])}"]
-        if meta["task"] == "segmentation":
-            out.append(f"segmentation {json.dumps(meta['segmentation'])}")
-        else:
-            out += [f"box coder scale factors {meta['box_coder']['scale_factors']}",
-                    f"nms      {json.dumps(meta['nms'])}"]
+        out += runner_class(meta["task"]).describe_meta(meta)
         if info["anchors"]:
             out.append(f"anchors  {info['anchors']['count']}")
         if meta.get("config"):

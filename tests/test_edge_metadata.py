@@ -116,3 +116,15 @@ def test_newer_schema_rejected(models, tmp_path):
     with pytest.raises(EdgeError, match="schema_version 99 is newer"):
         read_metadata(p)
 
+
+def test_every_task_has_a_schema_and_a_runner():
+    """A task is added to fpn_edge by its runner module plus one entry in each table."""
+    from fpn_edge.metadata import TASK_SCHEMAS
+    from fpn_edge.runner import RUNNERS, ModelRunner, runner_class
+
+    assert set(TASK_SCHEMAS) == set(RUNNERS)
+    for task in RUNNERS:
+        cls = runner_class(task)
+        assert issubclass(cls, ModelRunner) and cls.task == task and cls.command
+    with pytest.raises(EdgeError, match="unsupported task 'classification'"):
+        runner_class("classification")
