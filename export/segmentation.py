@@ -22,10 +22,6 @@ its machinery (``check_export_args``, ``graph_to_convert`` (the tf_keras twin,
 * QAT fine-tunes on the segmentation pipeline
   (``keras_fpn.data.pipeline.build_segmentation_dataset``) with the training
   loss (``keras_fpn.ops.seg_losses.SegmentationLoss``).
-
-``evaluate_tflite`` runs an exported segmenter through ``fpn_edge.Segmenter``
-over a dataset and scores it with ``keras_fpn.seg_evaluation`` (the same
-metrics as ``keras-fpn evaluate``), for float vs int8 comparisons.
 """
 from __future__ import annotations
 
@@ -38,7 +34,7 @@ from fpn_export.convert import (ExportError, _normalization, _resolve_mode_io,
                                 train_data_from_config, write_export)
 
 __all__ = ["export_segmenter", "segmentation_metadata", "seg_train_data_from_config",
-           "tf_keras_seg_losses", "tflite_class_maps", "evaluate_tflite"]
+           "tf_keras_seg_losses"]
 
 
 def segmentation_metadata(config, labels, *, mode: str, extra: Optional[dict] = None) -> dict:
@@ -52,7 +48,7 @@ def segmentation_metadata(config, labels, *, mode: str, extra: Optional[dict] = 
         extra: more keys for the ``export`` section.
     """
     from keras_fpn.config import config_to_dict
-    from keras_fpn.seg_evaluation import class_names
+    from keras_fpn.evaluation.segmentation import class_names
 
     m = config.model
     h, w = (int(v) for v in m.image_size)
@@ -134,46 +130,3 @@ def export_segmenter(model, config, labels, mode: str, *, out, representative=No
     extra.update({"io_dtype": io, "convert_s": round(info["convert_s"], 2)})
     meta = segmentation_metadata(config, labels, mode=mode, extra=extra)
     return write_export(data, meta, out, report=report, started=t0)
-
-
-def tflite_class_maps(model_path, dataset, *, threads: Optional[int] = None):
-    """Run an exported segmenter (``fpn_edge.Segmenter``) over a dataset.
-
-    Yields:
-        ``(record, class map uint8 [h, w] of the original image)`` in dataset order.
-
-    Raises:
-        ExportError: the model's labels are not ``["background", *dataset labels]``.
-    """
-    from fpn_edge.segmenter import Segmenter
-    from keras_fpn.data.images import load_image
-    from keras_fpn.seg_evaluation import class_names
-
-    seg = Segmenter.from_file(model_path, threads=threads)
-    names = class_names(dataset.label_map.names)
-    if seg.labels != names:
-        raise ExportError(f"{model_path}: model labels {seg.labels} differ from the dataset's {names}")
-    for record in dataset.records:
-        yield record, seg.segment(load_image(record.image_path))
-
-
-def evaluate_tflite(model_path, dataset, *, tolerance: Optional[int] = None, threads: Optional[int] = None,
-                    ignore_label: int = 255) -> dict:
-    """mIoU / per-class IoU / boundary F of an exported segmenter on a dataset (``fpn_edge.Segmenter``).
-
-    Args:
-        model_path: the .tflite with keras-fpn segmentation metadata.
-        dataset: a ``DetectionDataset`` with segmentations (its labels must
-            match the model's foreground labels).
-        tolerance: boundary tolerance in pixels (default ``keras_fpn.seg_evaluation.BOUNDARY_TOLERANCE``).
-        threads: interpreter threads.
-        ignore_label: ground-truth ignore value.
-
-    Returns:
-        ``keras_fpn.seg_evaluation.SegmentationMetrics.result()``.
-    """
-    from keras_fpn.seg_evaluation import BOUNDARY_TOLERANCE, score_class_maps
-
-    return score_class_maps(tflite_class_maps(model_path, dataset, threads=threads), dataset.label_map.names,
-                            ignore_label=ignore_label,
-                            tolerance=BOUNDARY_TOLERANCE if tolerance is None else tolerance)

@@ -119,7 +119,7 @@ def test_seg_qat_int8_export_runs_in_litert(tiny_seg_run, tiny_seg_exports):
     from fpn_edge.segmenter import Segmenter
     from fpn_export.segmentation import tflite_class_maps
     from keras_fpn.rundir import open_run
-    from keras_fpn.seg_evaluation import predict_class_maps, score_class_maps
+    from keras_fpn.evaluation.segmentation import predict_class_maps, score_class_maps
     from keras_fpn.data.splits import load_datasets
 
     path = tiny_seg_exports["qat-int8"]

@@ -61,7 +61,7 @@ def render_preview(dataset: DetectionDataset, out: PathLike, *, num: int = 16,
     """Write a PNG grid of letterboxed (optionally augmented) images with boxes.
 
     Each cell is the model-input canvas (before normalization) produced by the
-    pipeline's own ``augment_example`` (plain letterbox unless ``augmented``),
+    training's own ``augment.augment_example`` (plain letterbox unless ``augmented``),
     so it shows exactly the boxes training uses.
 
     Args:

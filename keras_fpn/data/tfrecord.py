@@ -30,9 +30,9 @@ import numpy as np
 from PIL import Image
 
 from fpn_edge.atomic import atomic_path, write_bytes_atomic
-from keras_fpn.data.dataset import (DetectionDataset, DetectionRecord, IssueLog, LabelMap,
-                                    clean_boxes, resolve_size)
+from keras_fpn.data.dataset import DetectionDataset, DetectionRecord, LabelMap
 from keras_fpn.data.images import DataError, PathLike, load_image, read_image_info, sniff_format
+from keras_fpn.data.issues import IssueLog, clean_boxes, resolve_size
 
 
 def _expand(paths) -> list:
