@@ -40,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.machine import loadavg, peak_rss_mb, reset_peak_rss, rss_mb
+from fpn_edge.machine import loadavg, peak_rss_mb, reset_peak_rss, rss_mb
 
 SUITE_SIZE = 320
 ALL_MODES = ("fp32", "fp16", "dynamic", "int8", "int16x8")
