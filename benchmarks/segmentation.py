@@ -44,7 +44,7 @@ def _keras_eval(run, dataset, upsample: str) -> dict:
 
     from keras_fpn.data.masks import rasterize_class_map
     from keras_fpn.models.factory import build_model
-    from keras_fpn.seg_evaluation import SegmentationMetrics, class_names, predict_class_maps
+    from keras_fpn.evaluation.segmentation import SegmentationMetrics, class_names, predict_class_maps
 
     mcfg = dataclasses.replace(run.config.model, seg_final_upsample=upsample)
     model = build_model(mcfg, ns=keras, backbone_weights=None)
@@ -78,7 +78,7 @@ def _overlay_panel(run, val, results, out_png: str, index: int = 3) -> dict:
     from fpn_edge.draw import draw_segmentation
     from keras_fpn.data.images import load_image
     from keras_fpn.data.masks import rasterize_class_map
-    from keras_fpn.seg_evaluation import class_names
+    from keras_fpn.evaluation.segmentation import class_names
 
     record = val.records[index]
     model = (results["exports"].get("qat-int8") or results["exports"].get("int8")
@@ -107,9 +107,9 @@ def _float_control(run, val, out_dir: Path, threads: int) -> dict:
 
     from fpn_export.calibration import representative_from_config, train_data_from_config
     from fpn_export.qat import freeze_batch_norm, tf_keras_losses
-    from fpn_export.segmentation import evaluate_tflite, export_segmenter
+    from fpn_export.segmentation import export_segmenter
+    from keras_fpn.evaluation.segmentation import evaluate_segmentation, evaluate_tflite
     from keras_fpn.models.twin import build_twin
-    from keras_fpn.seg_evaluation import evaluate_segmentation
 
     cfg = run.config
     twin = build_twin(cfg.model, run.build_model(which="best"))
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     from fpn_export.convert import export_model
     from fpn_export.edgetpu import check_edgetpu
     from fpn_export.flatbuffer import op_counts
-    from fpn_export.segmentation import evaluate_tflite
+    from keras_fpn.evaluation.segmentation import evaluate_tflite
     from keras_fpn.rundir import open_run
     from keras_fpn.data.splits import load_datasets
 

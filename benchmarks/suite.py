@@ -4,7 +4,7 @@ Per preset of ``keras_fpn.models.presets`` at 320x320 (``retinanet_resnet50_fpn`
 preset: overridden to 320 and said so in the results), batch 16:
 
 ``training_throughput``  images/s and step time of ``Model.fit`` on the full training pipeline
-                         (``keras_fpn.training.train.training_pipeline``: raccoon images from the
+                         (the task's ``pipeline``: raccoon images from the
                          project's VOC reader, decode + cache, flip / scale jitter / photometric
                          augmentation, anchor matching, batching), the project's loss and optimizer;
                          steps timed by a callback after warmup steps (the first includes tracing).
@@ -39,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.machine import loadavg, peak_rss_mb, reset_peak_rss, rss_mb
+from fpn_edge.machine import loadavg, peak_rss_mb, reset_peak_rss, rss_mb
 
 SUITE_SIZE = 320
 ALL_MODES = ("fp32", "fp16", "dynamic", "int8", "int16x8")
@@ -169,19 +169,18 @@ def training_throughput(cfg, train_set, *, warmup: int, steps: int, log=print):
     import keras
 
     from keras_fpn.models.factory import build_model
-    from keras_fpn.training.callbacks import WarmupCosine
-    from keras_fpn.training.train import _optimizer, losses, training_pipeline
+    from keras_fpn.tasks import get_task
+    from keras_fpn.training.optimizer import build_optimizer
 
     keras.utils.set_random_seed(cfg.train.seed)
     t0 = time.perf_counter()
     model = build_model(cfg.model)
     build_s = time.perf_counter() - t0
     per_epoch = max(len(train_set) // cfg.train.batch_size, 1)
-    schedule = WarmupCosine(cfg.train.learning_rate, int(cfg.train.warmup_epochs * per_epoch),
-                            per_epoch * cfg.train.epochs)
-    loss, weights = losses(cfg)
-    model.compile(optimizer=_optimizer(cfg, schedule), loss=loss, loss_weights=weights)
-    ds = training_pipeline(cfg, train_set, training=True).repeat()
+    task = get_task(cfg.model.task)
+    loss, weights = task.losses(cfg)
+    model.compile(optimizer=build_optimizer(cfg, per_epoch), loss=loss, loss_weights=weights)
+    ds = task.pipeline(cfg, train_set, training=True).repeat()
     timer = step_timer(keras)
     reset_peak_rss()
     rss_before = rss_mb()
@@ -201,9 +200,9 @@ def training_throughput(cfg, train_set, *, warmup: int, steps: int, log=print):
 
 def pipeline_throughput(cfg, train_set, *, warmup: int, batches: int) -> dict:
     """Images/s of the training tf.data pipeline alone (same augmentation and matching)."""
-    from keras_fpn.training.train import training_pipeline
+    from keras_fpn.tasks import get_task
 
-    it = iter(training_pipeline(cfg, train_set, training=True).repeat())
+    it = iter(get_task(cfg.model.task).pipeline(cfg, train_set, training=True).repeat())
     for _ in range(warmup):
         next(it)
     times = []
@@ -218,11 +217,11 @@ def pipeline_throughput(cfg, train_set, *, warmup: int, batches: int) -> dict:
 def calibrate_bn(model, cfg, train_set, batches: int) -> dict:
     """Precise BN on ``batches`` un-augmented training batches (the ``keras-fpn train`` code path)."""
     from keras_fpn.training.callbacks import recompute_bn_statistics
-    from keras_fpn.training.train import _precise_bn_batches
+    from keras_fpn.training.train import precise_bn_batches
 
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precise_bn_batches=batches))
     t0 = time.perf_counter()
-    n = recompute_bn_statistics(model, _precise_bn_batches(cfg, train_set))
+    n = recompute_bn_statistics(model, precise_bn_batches(cfg, train_set))
     bad = [v.path for v in model.weights if not np.all(np.isfinite(np.asarray(v)))]
     res = {"batches": n, "seconds": time.perf_counter() - t0}
     if bad:

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from fpn_edge.atomic import atomic_path, write_json_atomic
 from fpn_edge.errors import EdgeError
-from fpn_edge.atomic import write_bytes_atomic
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -47,17 +45,11 @@ def _error(msg: str) -> None:
     print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
 
 
-def _atomic_write_json(path: Path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
-
-
-def _atomic_save_image(path: Path, pil_image) -> None:
-    import io
-
-    buf = io.BytesIO()
+def _save_image(path: Path, pil_image) -> None:
+    """Save a JPEG (quality 92) or, for any other suffix, a PNG, atomically."""
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    pil_image.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
-    write_bytes_atomic(path, buf.getvalue())
+    with atomic_path(path) as tmp:
+        pil_image.save(tmp, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
 
 
 def _cv2_or_fail(what: str):
@@ -170,7 +162,7 @@ def cmd_detect(args) -> int:
                      "detections": [d.to_dict() for d in dets]}
             if not args.no_images:
                 ann_path = _annotated_path(out_dir, Path(src), used)
-                _atomic_save_image(ann_path, draw_detections(img, dets))
+                _save_image(ann_path, draw_detections(img, dets))
                 entry["annotated"] = ann_path.name
             results.append(entry)
             _log(f"[{n}/{len(items)}] {src}: {len(dets)} detections ({ms:.1f} ms)", args.quiet)
@@ -183,7 +175,7 @@ def cmd_detect(args) -> int:
                              "box_yxyx": "ymin, xmin, ymax, xmax normalized to the original image"},
               "images": results, "errors": errors}
     out_json = out_dir / "detections.json"
-    _atomic_write_json(out_json, report)
+    write_json_atomic(out_json, report)
     _log(f"wrote {out_json} ({len(results)} input(s), {len(errors)} error(s))", args.quiet)
     return 2 if errors else 0
 
@@ -222,12 +214,11 @@ def cmd_segment(args) -> int:
             ms = (time.perf_counter() - t0) * 1e3
             stem = _unique_stem(Path(src).stem, used)
             overlay_path, mask_path = out_dir / f"{stem}_overlay.png", out_dir / f"{stem}_mask.png"
-            _atomic_save_image(overlay_path, draw_segmentation(img, class_map, seg.labels,
-                                                               background_id=seg.background_id,
-                                                               alpha=args.alpha))
+            _save_image(overlay_path, draw_segmentation(img, class_map, seg.labels,
+                                                        background_id=seg.background_id, alpha=args.alpha))
             mask = Image.fromarray(class_map, mode="P")
             mask.putpalette(flat_palette)
-            _atomic_save_image(mask_path, mask)
+            _save_image(mask_path, mask)
             fractions = class_fractions(class_map, seg.labels)
             results.append({"file": str(src), "width": int(img.shape[1]), "height": int(img.shape[0]),
                             "overlay": overlay_path.name, "mask": mask_path.name, "class_fractions": fractions})
@@ -241,7 +232,7 @@ def cmd_segment(args) -> int:
               "mask_format": "palette PNG, pixel value = class id (index into labels), original image size",
               "images": results, "errors": errors}
     out_json = out_dir / "segmentation.json"
-    _atomic_write_json(out_json, report)
+    write_json_atomic(out_json, report)
     _log(f"wrote {out_json} ({len(results)} image(s), {len(errors)} error(s))", args.quiet)
     return 2 if errors else 0
 
@@ -264,7 +255,7 @@ def cmd_bench(args) -> int:
     res = benchmark(args.model, threads=args.threads, delegate=args.delegate, runs=args.runs,
                     warmup=args.warmup, image=args.image, progress=progress)
     if args.out:
-        _atomic_write_json(Path(args.out), res)
+        write_json_atomic(Path(args.out), res)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -288,6 +279,7 @@ def cmd_bench(args) -> int:
 def cmd_info(args) -> int:
     from fpn_edge.interpreter import describe_model
     from fpn_edge.metadata import read_metadata
+    from fpn_edge.runner import runner_class
 
     info = describe_model(args.model)
     try:
@@ -330,11 +322,7 @@ def cmd_info(args) -> int:
                 f"input    {meta['input']['height']}x{meta['input']['width']}, {norm['channel_order']}, "
                 f"mean {norm['mean']}, std {norm['std']}",
                 f"labels   ({len(meta['labels'])}) {', '.join(meta['labels'])}"]
-        if meta["task"] == "segmentation":
-            out.append(f"segmentation {json.dumps(meta['segmentation'])}")
-        else:
-            out += [f"box coder scale factors {meta['box_coder']['scale_factors']}",
-                    f"nms      {json.dumps(meta['nms'])}"]
+        out += runner_class(meta["task"]).describe_meta(meta)
         if info["anchors"]:
             out.append(f"anchors  {info['anchors']['count']}")
         if meta.get("config"):

@@ -2,7 +2,8 @@
 
 ``export_model`` opens the run (config, labels, checkpoint), finds the
 calibration images the mode uses (``fpn_export.calibration``) and hands the
-model to the exporter of its ``model.task`` (detectors:
+model to the exporter of its ``model.task`` through the task registry
+(``keras_fpn.tasks.get_task(...).export``; detectors:
 ``fpn_export.detection.export_detector``, segmenters:
 ``fpn_export.segmentation.export_segmenter``, one signature). The modes are
 the rows of ``fpn_export.modes.MODES``; the conversion chain common to every
@@ -64,6 +65,7 @@ def export_model(run_or_model, mode: str, *, out=None, raw: bool = False, prune:
     """
     from fpn_export.calibration import representative_from_config
     from keras_fpn.rundir import Run, open_run
+    from keras_fpn.tasks import get_task
 
     m = get_mode(mode)
     run_dir = None
@@ -84,18 +86,7 @@ def export_model(run_or_model, mode: str, *, out=None, raw: bool = False, prune:
     if representative is None or isinstance(representative, int):
         # a count (or None: the config's) of calibration images; modes that use none get None
         representative = representative_from_config(config, n=representative) if m.uses_representative else None
-    exporter = _task_exporter(config)
-    return exporter(model, config, labels, mode, out=out, representative=representative, train_data=train_data,
-                    raw=raw, prune=prune, report=report, debug=debug, keep_float=keep_float, via=via)
+    return get_task(config.model.task).export(
+        model, config, labels, mode, out=out, representative=representative, train_data=train_data, raw=raw,
+        prune=prune, report=report, debug=debug, keep_float=keep_float, via=via)
 
-
-def _task_exporter(config):
-    """The exporter of ``config.model.task`` (until the task registry lands: a name -> exporter table)."""
-    from fpn_export.detection import export_detector
-    from fpn_export.segmentation import export_segmenter
-
-    exporters = {"detection": export_detector, "segmentation": export_segmenter}
-    try:
-        return exporters[config.model.task]
-    except KeyError:
-        raise ExportError(f"no exporter for model.task {config.model.task!r}") from None

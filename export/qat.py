@@ -70,14 +70,14 @@ def freeze_batch_norm(model) -> int:
 def tf_keras_losses(config) -> tuple:
     """``(losses, loss_weights)`` dicts for ``tf_keras`` ``compile``: the task's training losses.
 
-    Each Keras 3 loss of the task (``keras_fpn.training.train.losses``) is
+    Each Keras 3 loss of the task (``keras_fpn.tasks``: ``get_task(...).losses``) is
     called from a tf_keras ``Loss``; its ``call`` returns the per-sample values,
     and tf_keras' default ``sum_over_batch_size`` reduction then gives the same
     batch normalization as training.
     """
     import tf_keras
 
-    from keras_fpn.training.train import losses as task_losses
+    from keras_fpn.tasks import get_task
 
     class _Wrapped(tf_keras.losses.Loss):
         # A tf_keras Loss subclass, not a plain function: tf_keras' function
@@ -89,7 +89,7 @@ def tf_keras_losses(config) -> tuple:
         def call(self, y_true, y_pred):
             return self.inner.call(y_true, y_pred)
 
-    losses, weights = task_losses(config)
+    losses, weights = get_task(config.model.task).losses(config)
     return ({k: _Wrapped(v) for k, v in losses.items()}, {k: float(w) for k, w in weights.items()})
 
 

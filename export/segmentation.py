@@ -1,4 +1,4 @@
-"""TFLite export of keras-fpn semantic segmenters (``model.task: segmentation``) and their evaluation.
+"""TFLite export of keras-fpn semantic segmenters (``model.task: segmentation``).
 
 ``export_segmenter`` has ``fpn_export.detection.export_detector``'s signature
 and steps (``fpn_export.qat.graph_to_convert``, then the chain of
@@ -19,10 +19,6 @@ and steps (``fpn_export.qat.graph_to_convert``, then the chain of
   the resolved config and the export settings;
 * QAT fine-tunes on the task's training pipeline with its training loss
   (``fpn_export.qat``).
-
-``evaluate_tflite`` runs an exported segmenter through ``fpn_edge.Segmenter``
-over a dataset and scores it with ``keras_fpn.seg_evaluation`` (the same
-metrics as ``keras-fpn evaluate``), for float vs int8 comparisons.
 """
 from __future__ import annotations
 
@@ -35,7 +31,7 @@ from fpn_export.modes import get_mode
 from fpn_export.qat import graph_to_convert
 from fpn_export.tflite import check_export_args, check_loads, convert_keras, export_metadata, write_export
 
-__all__ = ["export_segmenter", "segmentation_metadata", "tflite_class_maps", "evaluate_tflite"]
+__all__ = ["export_segmenter", "segmentation_metadata"]
 
 
 def segmentation_metadata(config, labels, *, mode: str, extra: Optional[dict] = None) -> dict:
@@ -48,7 +44,7 @@ def segmentation_metadata(config, labels, *, mode: str, extra: Optional[dict] = 
         mode: the export mode (recorded under ``export``).
         extra: more keys for the ``export`` section.
     """
-    from keras_fpn.seg_evaluation import class_names
+    from keras_fpn.evaluation.segmentation import class_names
 
     m = config.model
     return export_metadata(
@@ -100,46 +96,3 @@ def export_segmenter(model, config, labels, mode: str, *, out, representative=No
     extra.update({"io_dtype": io, "convert_s": round(info["convert_s"], 2)})
     meta = segmentation_metadata(config, labels, mode=mode, extra=extra)
     return write_export(data, meta, out, report=report, started=t0)
-
-
-def tflite_class_maps(model_path, dataset, *, threads: Optional[int] = None):
-    """Run an exported segmenter (``fpn_edge.Segmenter``) over a dataset.
-
-    Yields:
-        ``(record, class map uint8 [h, w] of the original image)`` in dataset order.
-
-    Raises:
-        ExportError: the model's labels are not ``["background", *dataset labels]``.
-    """
-    from fpn_edge.segmenter import Segmenter
-    from keras_fpn.data.images import load_image
-    from keras_fpn.seg_evaluation import class_names
-
-    seg = Segmenter.from_file(model_path, threads=threads)
-    names = class_names(dataset.label_map.names)
-    if seg.labels != names:
-        raise ExportError(f"{model_path}: model labels {seg.labels} differ from the dataset's {names}")
-    for record in dataset.records:
-        yield record, seg.segment(load_image(record.image_path))
-
-
-def evaluate_tflite(model_path, dataset, *, tolerance: Optional[int] = None, threads: Optional[int] = None,
-                    ignore_label: int = 255) -> dict:
-    """mIoU / per-class IoU / boundary F of an exported segmenter on a dataset (``fpn_edge.Segmenter``).
-
-    Args:
-        model_path: the .tflite with keras-fpn segmentation metadata.
-        dataset: a ``DetectionDataset`` with segmentations (its labels must
-            match the model's foreground labels).
-        tolerance: boundary tolerance in pixels (default ``keras_fpn.seg_evaluation.BOUNDARY_TOLERANCE``).
-        threads: interpreter threads.
-        ignore_label: ground-truth ignore value.
-
-    Returns:
-        ``keras_fpn.seg_evaluation.SegmentationMetrics.result()``.
-    """
-    from keras_fpn.seg_evaluation import BOUNDARY_TOLERANCE, score_class_maps
-
-    return score_class_maps(tflite_class_maps(model_path, dataset, threads=threads), dataset.label_map.names,
-                            ignore_label=ignore_label,
-                            tolerance=BOUNDARY_TOLERANCE if tolerance is None else tolerance)

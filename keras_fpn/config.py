@@ -18,13 +18,14 @@ from pathlib import Path
 
 import yaml
 
+from fpn_edge.atomic import write_text_atomic
+from keras_fpn.tasks import TASK_NAMES, get_task
+
 
 class ConfigError(ValueError):
     """A config key is unknown or has the wrong type/value."""
 
 
-#: ``model.task`` values: what the model predicts and which head, data, loss and metric it uses.
-TASKS = ("detection", "segmentation")
 #: ``model.neck`` values: the FPN paper's ablation (Lin et al. 2017, Table 1 single-scale baselines).
 #: ``fpn``: P{min_level}..P{max_level} with the top-down pathway; ``c5_only``: one level, P5 =
 #: 3x3(1x1(C5)); ``finest_no_topdown``: one level, P{min_level} = 3x3(1x1(C{min_level})), no
@@ -72,8 +73,8 @@ class ModelConfig:
     ignore_label: int = 255                     # class-map value that the loss and metrics skip
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ConfigError(f"model.task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task not in TASK_NAMES:
+            raise ConfigError(f"model.task must be one of {', '.join(TASK_NAMES)}, got {self.task!r}")
         if self.seg_final_upsample not in ("bilinear", "nearest"):
             raise ConfigError(f"model.seg_final_upsample must be 'bilinear' or 'nearest', "
                               f"got {self.seg_final_upsample!r}")
@@ -88,9 +89,9 @@ class ModelConfig:
                               f"min_level <= max_level <= 7, got {self.min_level}..{self.max_level}")
         if self.neck not in NECKS:
             raise ConfigError(f"model.neck must be one of {', '.join(NECKS)}, got {self.neck!r}")
-        if self.neck != "fpn" and self.task != "detection":
-            raise ConfigError(f"model.neck {self.neck!r} is a detection ablation; model.task "
-                              f"{self.task!r} needs neck: fpn")
+        reason = get_task(self.task).check_model_config(self)
+        if reason:
+            raise ConfigError(reason)
         if self.head not in ("retinanet", "ssd_fpnlite"):
             raise ConfigError(f"model.head must be 'retinanet' or 'ssd_fpnlite', got {self.head!r}")
         if self.activation not in ("relu", "relu6"):
@@ -120,9 +121,6 @@ class DataConfig:
     cache: bool = True                 # keep decoded images in memory (small datasets)
 
 
-CHECKPOINT_METRICS = ("val_AP", "val_loss", "val_mIoU")
-#: checkpoint metrics that make sense for each task
-TASK_METRICS = {"detection": ("val_AP", "val_loss"), "segmentation": ("val_mIoU", "val_loss")}
 
 
 @dataclass(frozen=True)
@@ -140,7 +138,7 @@ class TrainConfig:
     freeze_backbone_epochs: int = 0
     precise_bn_batches: int = 20         # recompute BN statistics on N train batches before each evaluation (0: off)
     eval_every: int = 5                  # COCO evaluation on the val split every N epochs (0: never)
-    checkpoint_metric: str = "val_AP"    # "val_AP" | "val_loss" | "val_mIoU" (segmentation)
+    checkpoint_metric: str = "val_AP"    # one of the task's checkpoint_metrics (detection: val_AP | val_loss)
     seed: int = 0
     matcher: str = "iou"                 # "iou" (RetinaNet 0.5 / 0.4 thresholds) | "atss" (per-box threshold)
     atss_top_k: int = 9                  # atss: candidate anchors per level and box
@@ -159,9 +157,6 @@ class TrainConfig:
             raise ConfigError(f"train.matcher must be 'iou' or 'atss', got {self.matcher!r}")
         if self.atss_top_k < 1:
             raise ConfigError(f"train.atss_top_k must be >= 1, got {self.atss_top_k}")
-        if self.checkpoint_metric not in CHECKPOINT_METRICS:
-            raise ConfigError(f"train.checkpoint_metric must be 'val_AP' or 'val_loss' (or 'val_mIoU' for "
-                              f"segmentation), got {self.checkpoint_metric!r}")
 
 
 @dataclass(frozen=True)
@@ -277,7 +272,7 @@ def config_from_dict(raw: dict | None, overrides: typing.Sequence[str] = (), bas
         merged[section][key] = value
     built = {name: _build_section(name, _resolve_hints(Config)[name], merged[name]) for name in SECTIONS}
     cfg = Config(**built)
-    allowed = TASK_METRICS[cfg.model.task]
+    allowed = get_task(cfg.model.task).checkpoint_metrics
     if cfg.train.checkpoint_metric not in allowed:
         raise ConfigError(f"train.checkpoint_metric {cfg.train.checkpoint_metric!r} does not apply to "
                           f"model.task {cfg.model.task!r}; use one of {', '.join(allowed)}")
@@ -342,8 +337,5 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    """Write the resolved config as YAML, atomically (``fpn_edge.atomic``)."""
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from keras_fpn.compare.report import detection_changes, headline_table
+from keras_fpn.compare.detection import detection_changes
+from keras_fpn.compare.report import headline_table
 
 
 def _det(image_id, x, y, w, h, cat, score):
@@ -54,7 +55,7 @@ def seg_report(tiny_seg_run, tiny_seg_exports, tmp_path_factory):
 
 
 def test_seg_report_keys_and_files(seg_report, tiny_seg_exports):
-    from keras_fpn.compare.report import SEG_REPORT_KEYS
+    from keras_fpn.compare.segmentation import REPORT_KEYS as SEG_REPORT_KEYS
 
     report, out = seg_report
     assert report["task"] == "segmentation" and report["metric"] == "mIoU"
@@ -79,7 +80,7 @@ def test_seg_report_keys_and_files(seg_report, tiny_seg_exports):
 
 def test_seg_report_numbers(seg_report, tiny_seg_run):
     """Float = the run's own evaluation; fp32 = float; ratios and changed pixels recomputed by hand."""
-    from fpn_export.segmentation import evaluate_tflite
+    from keras_fpn.evaluation.segmentation import evaluate_tflite
     from keras_fpn.rundir import open_run
     from keras_fpn.data.splits import load_datasets
 

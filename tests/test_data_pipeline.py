@@ -7,10 +7,10 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_fpn.data import DataError, DetectionDataset, DetectionRecord, LabelMap, load_image
-from keras_fpn.data.pipeline import (AugmentConfig, augment_example, build_detection_dataset,
-                                     build_inference_dataset, canvas_to_original, crowd_ignore,
-                                     letterbox, normalize, preprocess_for_inference,
+from keras_fpn.data.augment import AugmentConfig, augment_example
+from keras_fpn.data.pipeline import (build_detection_dataset, build_inference_dataset, crowd_ignore,
                                      representative_images)
+from keras_fpn.data.preprocess import canvas_to_original, letterbox, normalize, preprocess_for_inference
 from keras_fpn.ops.anchors import generate_anchors
 from keras_fpn.ops.matcher import encode_targets
 
@@ -195,7 +195,7 @@ def test_eval_pipeline_targets_equal_encode_targets(tmp_path, matcher):
 
 def test_matcher_options_follow_the_config():
     from keras_fpn.config import config_from_dict
-    from keras_fpn.training.train import matcher_options
+    from keras_fpn.tasks.detection import matcher_options
 
     cfg = config_from_dict({}, ["model.image_size=[96, 160]", "model.max_level=5", "model.scales_per_octave=2",
                              "model.aspect_ratios=[1.0]", "train.matcher=atss", "train.atss_top_k=4"])
@@ -323,7 +323,7 @@ def test_augment_config_from_any():
 
 
 def test_photometric_affine_parts():
-    from keras_fpn.data.pipeline import _photometric
+    from keras_fpn.data.augment import _photometric
 
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(60, 190, (8, 9, 3)), tf.float32)

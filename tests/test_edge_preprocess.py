@@ -166,7 +166,7 @@ def test_as_rgb_uint8_rejects_wrong_arrays():
 def test_same_pixels_as_keras_fpn_loader_and_pipeline(raccoon_dir, shared_data):
     """fpn_edge's loader + letterbox == keras_fpn.data's (the training/eval preprocessing)."""
     images = pytest.importorskip("keras_fpn.data.images")
-    pipeline = pytest.importorskip("keras_fpn.data.pipeline")
+    preprocess = pytest.importorskip("keras_fpn.data.preprocess")
     files = sorted((raccoon_dir / "images").glob("*.jpg"))[:3]
     fruit = shared_data / "fruit"
     if fruit.is_dir():   # PNGs named .jpg: every non-RGB one (RGBA, palette) + a few RGB
@@ -183,7 +183,7 @@ def test_same_pixels_as_keras_fpn_loader_and_pipeline(raccoon_dir, shared_data):
         ours = load_image(f)
         theirs = images.load_image(f)
         np.testing.assert_array_equal(ours, theirs, err_msg=str(f))
-        x_tf, hw = pipeline.preprocess_for_inference(theirs, (64, 96), norm)
+        x_tf, hw = preprocess.preprocess_for_inference(theirs, (64, 96), norm)
         canvas, info = letterbox(ours, 64, 96)
         assert (info.new_h, info.new_w) == tuple(int(v) for v in np.asarray(hw))
         worst = max(worst, float(np.max(np.abs(normalize(canvas, norm) - np.asarray(x_tf)))))

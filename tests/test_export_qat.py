@@ -118,9 +118,8 @@ def test_seg_qat_int8_export_runs_in_litert(tiny_seg_run, tiny_seg_exports):
     0.159) and >= 80 % of the pixels keep the float model's class (measured: 92 %)."""
     from fpn_edge.metadata import read_metadata
     from fpn_edge.segmenter import Segmenter
-    from fpn_export.segmentation import tflite_class_maps
+    from keras_fpn.evaluation.segmentation import predict_class_maps, score_class_maps, tflite_class_maps
     from keras_fpn.rundir import open_run
-    from keras_fpn.seg_evaluation import predict_class_maps, score_class_maps
     from keras_fpn.data.splits import load_datasets
 
     path = tiny_seg_exports["qat-int8"]

@@ -1,5 +1,4 @@
 """Overfit one real raccoon photo with Model.fit; decode+NMS must find its box (IoU >= 0.7)."""
-import numpy as np
 import pytest
 
 import keras_fpn  # noqa: F401
@@ -7,12 +6,13 @@ import keras
 
 from keras_fpn.config import config_from_dict
 from keras_fpn.data.formats import read_dataset
-from keras_fpn.data.pipeline import canvas_to_original, preprocess_for_inference
+from keras_fpn.data.preprocess import canvas_to_original, preprocess_for_inference
 from keras_fpn.data.images import load_image
 from keras_fpn.models.backbones import NORMALIZATION
 from keras_fpn.models.detector import build_detector
 from keras_fpn.ops.postprocess import decode_detections
-from keras_fpn.training.train import losses, model_anchors, training_pipeline
+from keras_fpn.ops.anchors import model_anchors
+from keras_fpn.tasks import get_task
 
 
 def _iou(a, b):
@@ -34,9 +34,10 @@ def test_overfit_one_raccoon_image(raccoon_dir, mobilenet_v2_weights):
         "data": {"hflip": False, "scale_jitter": [1.0, 1.0], "photometric": False, "cache": True},
         "train": {"batch_size": 4}})
     model = build_detector(cfg.model)
-    loss, weights = losses(cfg)
+    task = get_task(cfg.model.task)
+    loss, weights = task.losses(cfg)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, loss_weights=weights)
-    data = training_pipeline(cfg, one.subset([0, 0, 0, 0]), training=False).repeat()
+    data = task.pipeline(cfg, one.subset([0, 0, 0, 0]), training=False).repeat()
     model.fit(data, steps_per_epoch=300, epochs=1, verbose=0)
 
     image = load_image(one.records[0].image_path)

@@ -82,12 +82,12 @@ class _CountingBatches:
 def test_precise_bn_runs_only_where_the_statistics_are_used(tmp_path, monitor, expected):
     """No val split: only the last epoch's checkpoint is read with the moving statistics,
     unless val_loss is monitored (best.* may be saved on any epoch)."""
-    from keras_fpn.training.callbacks import CocoEvalCheckpoint
+    from keras_fpn.training.callbacks import EvalCheckpoint
 
     model = _model()
     model.compile(optimizer="sgd", loss="mse")
     batches = _CountingBatches()
-    cb = CocoEvalCheckpoint(tmp_path, None, None, every=2, last_epoch=4, monitor=monitor, bn_batches=batches)
+    cb = EvalCheckpoint(tmp_path, None, every=2, last_epoch=4, monitor=monitor, bn_batches=batches)
     cb.set_model(model)
     passes = []
     for epoch in range(4):

@@ -8,8 +8,10 @@ from PIL import Image
 
 from keras_fpn.data import DataError, read_coco
 from keras_fpn.data.dataset import DetectionRecord
-from keras_fpn.data.masks import IGNORE_LABEL, decode_segmentation, rasterize_class_map
-from keras_fpn.data.pipeline import AugmentConfig, augment_with_mask, build_segmentation_dataset
+from keras_fpn.data.augment import AugmentConfig, augment_with_mask
+from keras_fpn.data.masks import decode_segmentation, rasterize_class_map
+from keras_fpn.data.pipeline import build_segmentation_dataset
+from keras_fpn.ops.seg_labels import IGNORE_LABEL
 
 NORM = {"channel_order": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3}
 

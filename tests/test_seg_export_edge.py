@@ -13,10 +13,10 @@ from fpn_edge.segmenter import Segmenter
 from fpn_export.errors import ExportError
 from fpn_export.segmentation import export_segmenter
 from keras_fpn.config import config_from_dict
-from keras_fpn.data.pipeline import preprocess_for_inference
+from keras_fpn.data.preprocess import preprocess_for_inference
 from keras_fpn.models.backbones import NORMALIZATION
 from keras_fpn.models.factory import build_model
-from keras_fpn.seg_evaluation import logits_to_class_map
+from keras_fpn.evaluation.segmentation import logits_to_class_map
 
 H, W = 64, 96
 LABELS = ["disc", "bar"]

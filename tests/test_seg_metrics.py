@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from keras_fpn.seg_evaluation import (SegmentationMetrics, boundary_counts, boundary_fscore, class_boundaries,
+from keras_fpn.evaluation.segmentation import (SegmentationMetrics, boundary_counts, boundary_fscore, class_boundaries,
                                       confusion_matrix, iou_from_confusion)
 
 IGN = 255

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import keras
 from keras_fpn.config import config_from_dict
-from keras_fpn.training.callbacks import WarmupCosine
+from keras_fpn.training.optimizer import WarmupCosine
 from keras_fpn.training.train import build_loss_trackers
 
 

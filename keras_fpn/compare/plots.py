@@ -115,33 +115,11 @@ def _per_class(plt, variants, metric, key, path):
     plt.close(fig)
 
 
-def _detections_drawn(image, record, results, dataset, labels):
-    from fpn_edge.draw import draw_detections
-
-    dets = [{"box_xyxy": [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]],
-             "class_id": dataset.label_map.from_source(r["category_id"]),
-             "label": labels[dataset.label_map.from_source(r["category_id"])], "score": r["score"]}
-            for r in results if r["image_id"] == record.image_id and r["score"] >= 0.3]
-    return draw_detections(image, dets), f"{len(dets)} detections (score >= 0.3)"
-
-
-def _class_map_drawn(image, record, results, dataset, labels):
-    from fpn_edge.draw import draw_segmentation
-    from keras_fpn.seg_evaluation import class_names
-
-    class_map = results.get(record.image_id)
-    if class_map is None:
-        return image, "not segmented"
-    present = len(np.unique(class_map[class_map != 0]))
-    # the class colours go in a figure legend (_class_legend): an in-image legend hides small images
-    return draw_segmentation(image, class_map, class_names(labels), legend=False), f"{present} classes present"
-
-
 def _class_legend(fig, labels):
     from matplotlib.patches import Patch
 
     from fpn_edge.draw import segmentation_palette
-    from keras_fpn.seg_evaluation import class_names
+    from keras_fpn.evaluation.segmentation import class_names
 
     names = class_names(labels)
     palette = segmentation_palette(len(names))
@@ -149,13 +127,9 @@ def _class_legend(fig, labels):
                loc="lower center", ncol=min(6, len(names) - 1), fontsize=8)
 
 
-_DRAW = {"detection": _detections_drawn, "segmentation": _class_map_drawn}
-
-
 def _side_by_side(plt, report, task, path, dataset, results, labels):
     from keras_fpn.data.images import load_image
 
-    draw = _DRAW[task.task]
     quantized = [v["variant"] for v in report["variants"] if "int8" in v["variant"]]
     right = quantized[0] if quantized else report["variants"][-1]["variant"]
     records = dataset.records[:SIDE_BY_SIDE_IMAGES]
@@ -163,11 +137,11 @@ def _side_by_side(plt, report, task, path, dataset, results, labels):
     for row, record in zip(axes, records):
         image = load_image(record.image_path)
         for ax, variant in zip(row, ("float (Keras)", right)):
-            drawn, what = draw(image, record, results[variant], dataset, labels)
+            drawn, what = task.draw(image, record, results[variant], dataset, labels)
             ax.imshow(drawn)
             ax.set_title(f"{variant}: {what}", fontsize=9)
             ax.axis("off")
-    if task.task == "segmentation":
+    if task.class_legend:
         _class_legend(fig, labels)
     _save(fig, path)
     plt.close(fig)

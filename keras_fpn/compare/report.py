@@ -4,29 +4,11 @@ For the float Keras model and every exported .tflite variant of a run, on one
 validation set: the task's accuracy metrics, their ratio to float, latency
 through ``fpn_edge`` (XNNPACK, the given threads), model size, and how much of
 the float model's output changed. One flow (``compare_run``) and one report
-layout serve both tasks; a ``TaskReport`` says what differs:
+layout serve every task; the task's ``TaskReport`` (``Task.report``:
+``keras_fpn.compare.detection``, ``keras_fpn.compare.segmentation``) says what
+is measured and how it is shown.
 
-* **detection**: COCO metrics (pycocotools), per-class AP, ``AP_ratio``, and
-  *changed detections* (below); variants run through ``fpn_edge.Detector``.
-* **segmentation** (``model.task: segmentation``): mIoU, pixel accuracy and
-  boundary F at ``BOUNDARY_TOLERANCE`` px (``keras_fpn.seg_evaluation``, at the
-  original image resolution), per-class IoU and boundary F, ``mIoU_ratio`` and
-  ``boundary_F_ratio``, and *changed pixels*: pixels of the original images
-  whose class differs from the float Keras model's (the float class maps are
-  kept in memory for this, one byte per pixel); variants run through
-  ``fpn_edge.Segmenter``.
-
-*Changed detections* (per variant, against the float Keras model): every float
-detection with score >= ``CONFIDENT`` (0.3) is paired with the variant's
-confident detection of the same class with the highest IoU (a box often
-carries several classes, so the same class is looked for first). It is
-**moved** when that IoU is in [0.5, ``MOVED_IOU`` = 0.9) (the box moved by
-more than ~5 % of its size), **changed class** when no same-class detection
-has IoU >= 0.5 but one of another class does, and **lost** otherwise. Confident variant detections that pair
-with no float detection are **new**.
-
-Writes ``report.json`` (stable keys: ``REPORT_KEYS`` per detection variant,
-``SEG_REPORT_KEYS`` per segmentation variant; top level ``run``, ``task``,
+Writes ``report.json`` (stable keys: the task report's ``keys`` per variant; top level ``run``, ``task``,
 ``metric``, ``dataset``, ``cpu``, ``threads``, ``variants``, ``rules``),
 ``report.md`` and the plots of ``plots.py`` into the output folder.
 """
@@ -42,79 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from keras_fpn.seg_evaluation import BOUNDARY_TOLERANCE
-
-CONFIDENT = 0.3
-MATCH_IOU = 0.5
-MOVED_IOU = 0.9
-REPORT_KEYS = ("variant", "file", "size_bytes", "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-               "AP_ratio", "per_class", "latency_ms_p50", "latency_ms_p90", "threads", "changes")
-SEG_REPORT_KEYS = ("variant", "file", "size_bytes", "mIoU", "pixel_accuracy", "boundary_F", "mIoU_ratio",
-                   "boundary_F_ratio", "per_class", "latency_ms_p50", "latency_ms_p90", "threads", "changes")
-#: class maps kept per TFLite variant for the side-by-side plot
-KEPT_MAPS = 3
-
-
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of xyxy boxes a [N, 4] vs b [M, 4]."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float32)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda t: (t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
-def _confident(results: list) -> dict:
-    """image_id -> (xyxy boxes, category ids) of detections with score >= CONFIDENT."""
-    out = {}
-    for r in results:
-        if r["score"] >= CONFIDENT:
-            x, y, w, h = r["bbox"]
-            out.setdefault(r["image_id"], []).append((x, y, x + w, y + h, r["category_id"]))
-    return {k: (np.array([v[:4] for v in vals], np.float32), np.array([v[4] for v in vals]))
-            for k, vals in out.items()}
-
-
-def detection_changes(reference: list, variant: list) -> dict:
-    """Count lost / changed-class / moved / new confident detections (see module doc)."""
-    ref, var = _confident(reference), _confident(variant)
-    counts = {"reference": 0, "lost": 0, "changed_class": 0, "moved": 0, "new": 0}
-    empty = (np.zeros((0, 4), np.float32), np.zeros((0,), int))
-    for image_id in set(ref) | set(var):
-        (rb, rc), (vb, vc) = ref.get(image_id, empty), var.get(image_id, empty)
-        iou = _iou_matrix(rb, vb)
-        counts["reference"] += len(rb)
-        for i in range(len(rb)):
-            same = np.where(vc == rc[i], iou[i], -1.0) if len(vb) else np.zeros(0)
-            if len(same) and same.max() >= MATCH_IOU:  # same class first: boxes often carry several classes
-                counts["moved"] += int(same.max() < MOVED_IOU)
-            elif len(vb) and iou[i].max() >= MATCH_IOU:
-                counts["changed_class"] += 1
-            else:
-                counts["lost"] += 1
-        if len(vb):
-            counts["new"] += int((iou.max(axis=0, initial=0.0) < MATCH_IOU).sum() if len(rb) else len(vb))
-    return counts
-
-
-def tflite_results(model_path, dataset, *, threads: int | None, score_threshold: float) -> list:
-    """Run a .tflite through ``fpn_edge.Detector`` over a dataset; COCO results."""
-    from fpn_edge import Detector
-
-    det = Detector.from_file(model_path, threads=threads)
-    results = []
-    for record in dataset.records:
-        for d in det.detect(record.image_path, score_threshold=score_threshold):
-            x1, y1, x2, y2 = d.box_xyxy
-            results.append({"image_id": int(record.image_id),
-                            "category_id": int(dataset.label_map.to_source(d.class_id)),
-                            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                            "score": float(d.score)})
-    return results
+from keras_fpn.tasks import get_task
 
 
 def keras_latency_ms(model, image_size, runs: int = 20, *, traced: bool = False) -> dict:
@@ -162,6 +72,9 @@ class TaskReport:
         evaluate_keras: ``(model, dataset, config) -> (metrics, results)``.
         evaluate_tflite: ``(path, dataset, config, threads, float results) -> (metrics, results, changes)``.
         format_changes: a row's ``changes`` -> headline cell.
+        draw: ``(image, record, a variant's results, dataset, labels) -> (drawn image, caption)``
+            for the side-by-side plot.
+        class_legend: the side-by-side plot has a legend of class colours.
         postprocess: what the end-to-end latency includes after ``invoke``.
         method: how the metrics are computed (markdown; ``{rules}`` keys may be used).
         changes_note: what the changes column counts (markdown; ``{rules}`` keys may be used).
@@ -181,109 +94,13 @@ class TaskReport:
     evaluate_keras: Callable
     evaluate_tflite: Callable
     format_changes: Callable
+    draw: Callable
+    class_legend: bool
     postprocess: str
     method: str
     changes_note: str
     rules: dict
     side_by_side: str
-
-
-def _detection_keras(model, dataset, cfg):
-    from keras_fpn.evaluation import coco_evaluate, predict_dataset
-
-    results = predict_dataset(model, dataset, cfg.model, progress=True)
-    return coco_evaluate(dataset, results), results
-
-
-def _detection_tflite(path, dataset, cfg, threads, reference):
-    from keras_fpn.evaluation import coco_evaluate
-
-    results = tflite_results(path, dataset, threads=threads, score_threshold=cfg.model.score_threshold)
-    return coco_evaluate(dataset, results), results, detection_changes(reference, results)
-
-
-def _detection_changes_cell(ch) -> str:
-    return f"{ch['lost']} / {ch['changed_class']} / {ch['moved']} / {ch['new']} of {ch['reference']}"
-
-
-def _kept(pairs, store: dict, limit: int | None = None):
-    """Pass ``(record, class map)`` pairs through, keeping the first ``limit`` maps by image id."""
-    for record, pred in pairs:
-        if limit is None or len(store) < limit:
-            store[record.image_id] = pred
-        yield record, pred
-
-
-def _seg_keras(model, dataset, cfg):
-    from keras_fpn.seg_evaluation import predict_class_maps, score_class_maps
-
-    maps = {}
-    pairs = predict_class_maps(model, dataset, cfg.model, progress=True)
-    return score_class_maps(_kept(pairs, maps), dataset.label_map.names, ignore_label=cfg.model.ignore_label), maps
-
-
-def _seg_tflite(path, dataset, cfg, threads, reference):
-    from fpn_export.segmentation import tflite_class_maps
-    from keras_fpn.seg_evaluation import score_class_maps
-
-    changes = {"pixels": 0, "changed": 0}
-
-    def compared(pairs):
-        for record, pred in pairs:
-            ref = reference.get(record.image_id)
-            if ref is not None:
-                changes["pixels"] += int(ref.size)
-                changes["changed"] += int(np.count_nonzero(ref != pred))
-            yield record, pred
-
-    maps = {}
-    pairs = _kept(compared(tflite_class_maps(path, dataset, threads=threads)), maps, KEPT_MAPS)
-    metrics = score_class_maps(pairs, dataset.label_map.names, ignore_label=cfg.model.ignore_label)
-    changes["changed_fraction"] = changes["changed"] / changes["pixels"] if changes["pixels"] else None
-    return metrics, maps, changes
-
-
-def _seg_changes_cell(ch) -> str:
-    return f"{_fmt(ch['changed_fraction'] * 100 if ch['changed_fraction'] is not None else None, '.2f')} %"
-
-
-TASKS = {
-    "detection": TaskReport(
-        task="detection", metric="AP", metrics=("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"),
-        ratios=("AP",), keys=REPORT_KEYS,
-        table=(("AP", "AP"), ("AP50", "AP50"), ("AP_small", "AP_small"), ("AP_medium", "AP_medium"),
-               ("AP_large", "AP_large"), ("AP vs float", "AP_ratio")),
-        changes_header="lost / class / moved / new", per_class=(("AP", None),), bars=("AP", "AP50"),
-        evaluate_keras=_detection_keras, evaluate_tflite=_detection_tflite,
-        format_changes=_detection_changes_cell, postprocess="decode", method="COCO metrics by pycocotools.",
-        changes_note="Changed detections: confident (score >= {confident_score}) float detections that the "
-                     "variant lost (no box with IoU >= {match_iou}), gave another class, or moved (IoU < "
-                     "{moved_iou}); new = confident variant boxes with no float counterpart.",
-        rules={"confident_score": CONFIDENT, "match_iou": MATCH_IOU, "moved_iou": MOVED_IOU},
-        side_by_side="detections"),
-    "segmentation": TaskReport(
-        task="segmentation", metric="mIoU", metrics=("mIoU", "pixel_accuracy", "boundary_F"),
-        ratios=("mIoU", "boundary_F"), keys=SEG_REPORT_KEYS,
-        table=(("mIoU", "mIoU"), ("boundary F", "boundary_F"), ("pixel acc.", "pixel_accuracy"),
-               ("mIoU vs float", "mIoU_ratio"), ("BF vs float", "boundary_F_ratio")),
-        changes_header="changed pixels", per_class=(("IoU", "IoU"), ("boundary F", "boundary_F")),
-        bars=("mIoU", "boundary_F"),
-        evaluate_keras=_seg_keras, evaluate_tflite=_seg_tflite,
-        format_changes=_seg_changes_cell, postprocess="logits -> class map of the original image",
-        method="mIoU over all classes (background included), pixel accuracy and boundary F (BF, "
-               "{boundary_tolerance_px} px tolerance) at the original image resolution (keras_fpn.seg_evaluation).",
-        changes_note="Changed pixels: the share of the original images' pixels whose class differs from "
-                     "the float Keras model's.",
-        rules={"boundary_tolerance_px": BOUNDARY_TOLERANCE}, side_by_side="class maps"),
-}
-
-
-def task_report(task: str) -> TaskReport:
-    """The ``TaskReport`` of a ``model.task``."""
-    try:
-        return TASKS[task]
-    except KeyError:
-        raise ValueError(f"compare: no report for model.task {task!r} (have {', '.join(TASKS)})") from None
 
 
 # --------------------------------------------------------------------------- the flow
@@ -335,7 +152,7 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
 
     run = open_run(run_dir)
     cfg = run.config
-    task = task_report(cfg.model.task)
+    task = get_task(cfg.model.task).report
     dataset = load_split(data, include, cfg.data.strict) if data else load_datasets(cfg)[1]
     if dataset is None:
         raise ValueError(f"{run_dir}: no data.val in the config; pass --data")
@@ -366,7 +183,8 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
 def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, bench_runs, steps, log):
     """The report's rows (float model first) and each variant's raw results, exporting as needed
     (``paths``: mode -> .tflite path, in report order)."""
-    from fpn_edge.bench import benchmark, cpu_name
+    from fpn_edge.bench import benchmark
+    from fpn_edge.machine import cpu_name
     from fpn_export.convert import export_model
 
     checkpoint = run.weights("best")
@@ -407,25 +225,26 @@ def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, be
 # --------------------------------------------------------------------------- markdown
 
 
-def _fmt(v, spec=".3f"):
+def fmt(v, spec=".3f") -> str:
+    """A number for the tables (``–`` for None / NaN)."""
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
 
 
 def _cell(row: dict, key: str) -> str:
     v = row[key]
-    return f"{_fmt(v * 100 if v is not None else None, '.1f')} %" if key.endswith("_ratio") else _fmt(v)
+    return f"{fmt(v * 100 if v is not None else None, '.1f')} %" if key.endswith("_ratio") else fmt(v)
 
 
 def headline_table(report: dict) -> str:
     """The markdown table a person reads first."""
-    task = task_report(report.get("task", "detection"))
+    task = get_task(report.get("task", "detection")).report
     headers = [h for h, _ in task.table]
     lines = ["| variant | " + " | ".join(headers) + f" | latency p50 / p90 (ms) | size (MB) | {task.changes_header} |",
              "|---|" + "---|" * (len(headers) + 3)]
     for r in report["variants"]:
         changes = task.format_changes(r["changes"]) if r["changes"] else "reference"
-        size = _fmt(r["size_bytes"] / 1e6, ".2f") if r["size_bytes"] else "–"
-        lat = f"{_fmt(r['latency_ms_p50'], '.1f')} / {_fmt(r['latency_ms_p90'], '.1f')}"
+        size = fmt(r["size_bytes"] / 1e6, ".2f") if r["size_bytes"] else "–"
+        lat = f"{fmt(r['latency_ms_p50'], '.1f')} / {fmt(r['latency_ms_p90'], '.1f')}"
         if r["threads"] is None:
             lat += " (Keras, TF)"
         cells = [_cell(r, key) for _, key in task.table]
@@ -444,7 +263,7 @@ def _per_class_table(variants: list, key) -> list:
     names = list(variants[0]["per_class"])
     lines = ["| class | " + " | ".join(r["variant"] for r in variants) + " |",
              "|---|" + "---|" * len(variants)]
-    lines += [f"| {n} | " + " | ".join(_fmt(per_class_value(r["per_class"].get(n), key)) for r in variants) + " |"
+    lines += [f"| {n} | " + " | ".join(fmt(per_class_value(r["per_class"].get(n), key)) for r in variants) + " |"
               for n in names]
     return lines
 
@@ -452,7 +271,7 @@ def _per_class_table(variants: list, key) -> list:
 def format_report(report: dict) -> str:
     from keras_fpn.compare.plots import plot_files
 
-    task = task_report(report.get("task", "detection"))
+    task = get_task(report.get("task", "detection")).report
     per_class = []
     for name, key in task.per_class:
         per_class += [f"## Per-class {name}", "", *_per_class_table(report["variants"], key), ""]

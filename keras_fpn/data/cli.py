@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 
-from keras_fpn.data.dataset import BAD_ACTIONS
+from keras_fpn.data.issues import BAD_ACTIONS
 from keras_fpn.data.formats import FORMATS, read_dataset
 from keras_fpn.data.images import DataError
 

@@ -1,10 +1,10 @@
-"""COCO instances JSON reader (the canonical format, DESIGN decision 7).
+"""COCO instances JSON reader (the canonical format: ``keras-fpn data convert`` writes it, evaluation scores it).
 
 ``bbox`` is ``[x, y, w, h]`` in pixels of the displayed image; category ids
 may be any integers (COCO uses 1..90 with gaps): they are mapped to contiguous
 ids 0..C-1 in ascending id order and kept in ``LabelMap.source_ids``. Crowd
-annotations (``iscrowd=1``) are kept with ``iscrowd=True``. Conventions and
-bad-input handling: see ``keras_fpn.data.dataset``.
+annotations (``iscrowd=1``) are kept with ``iscrowd=True``. Conventions: see
+``keras_fpn.data.dataset``; bad-input handling: ``keras_fpn.data.issues``.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Optional
 
 import numpy as np
 
-from keras_fpn.data.dataset import (DetectionDataset, DetectionRecord, IssueLog, LabelMap,
-                                    clean_boxes, resolve_size)
+from keras_fpn.data.dataset import DetectionDataset, DetectionRecord, LabelMap
 from keras_fpn.data.images import DataError, PathLike, read_image_info
+from keras_fpn.data.issues import IssueLog, clean_boxes, resolve_size
 
 
 def _image_dirs(json_path: str, image_dir: Optional[PathLike]) -> list:

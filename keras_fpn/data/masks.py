@@ -1,9 +1,9 @@
 """COCO instance segmentations (polygons / RLE) -> semantic class maps.
 
 A class map is a uint8 ``[height, width]`` array over the record's original
-(displayed) image, with the class ids of ``keras_fpn.models.segmentation``:
-0 = background, ``c + 1`` = contiguous class ``c``, ``ignore_label`` (255) =
-pixels that the loss and the metrics skip. Rules, in order:
+(displayed) image, with the label values of ``keras_fpn.ops.seg_labels``
+(0 = background, ``c + 1`` = contiguous class ``c``, ``ignore_label`` =
+skipped). Rules, in order:
 
 1. Every pixel starts as background.
 2. Each non-crowd object paints its mask with its class. A pixel painted by
@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 from keras_fpn.data.images import DataError
+from keras_fpn.ops.seg_labels import IGNORE_LABEL
 
 BACKGROUND = 0
-IGNORE_LABEL = 255
 
 
 def decode_segmentation(seg, height: int, width: int) -> np.ndarray:

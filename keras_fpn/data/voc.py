@@ -6,7 +6,7 @@ Pixel values are used as they are (TF OD API's converter does the same). A
 missing or 0x0 ``<size>`` is replaced by the image's real size. Class ids:
 ``class_names`` order when given (objects of other classes are dropped with a
 warning), else the sorted set of names found; ``source_ids = 1..C``.
-Conventions and bad-input handling: see ``keras_fpn.data.dataset``.
+Conventions: see ``keras_fpn.data.dataset``; bad-input handling: ``keras_fpn.data.issues``.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from keras_fpn.data.dataset import (DetectionDataset, DetectionRecord, IssueLog, LabelMap,
-                                    clean_boxes, resolve_size)
+from keras_fpn.data.dataset import DetectionDataset, DetectionRecord, LabelMap
 from keras_fpn.data.images import IMAGE_EXTENSIONS, DataError, PathLike, read_image_info
+from keras_fpn.data.issues import IssueLog, clean_boxes, resolve_size
 
 
 def _find_dirs(path: str, images_dir: Optional[PathLike]) -> tuple:

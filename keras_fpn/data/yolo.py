@@ -5,8 +5,8 @@ row ``class cx cy w h`` per box, normalized to [0, 1] (a segmentation row
 ``class x1 y1 x2 y2 ...`` gives its polygon's bounding box). An image without
 a label file, or with an empty one, is a background image; label files without
 an image are ignored (counted at INFO level). Class id = line index in the
-classes file; ``source_ids = 1..C``. Conventions and bad-input handling: see
-``keras_fpn.data.dataset``.
+classes file; ``source_ids = 1..C``. Conventions: see
+``keras_fpn.data.dataset``; bad-input handling: ``keras_fpn.data.issues``.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from keras_fpn.data.dataset import (DetectionDataset, DetectionRecord, IssueLog, LabelMap,
-                                    clean_boxes)
+from keras_fpn.data.dataset import DetectionDataset, DetectionRecord, LabelMap
 from keras_fpn.data.images import IMAGE_EXTENSIONS, DataError, PathLike, read_image_info
+from keras_fpn.data.issues import IssueLog, clean_boxes
 
 logger = logging.getLogger("keras_fpn.data")
 

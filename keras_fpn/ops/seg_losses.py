@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_fpn.data.masks import IGNORE_LABEL
+from keras_fpn.ops.seg_labels import IGNORE_LABEL
 
 __all__ = ["SegmentationLoss"]
 

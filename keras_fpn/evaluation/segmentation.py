@@ -1,4 +1,4 @@
-"""Semantic-segmentation metrics (numpy) and Keras-model prediction over a dataset.
+"""Semantic-segmentation evaluation: metrics (numpy), class maps of a Keras model or a .tflite (``fpn_edge``).
 
 Class maps are uint8 ``[h, w]`` with the ids of ``keras_fpn.models.segmentation``
 (0 = background, ``c + 1`` = class ``c``, ``ignore_label`` = not counted),
@@ -239,7 +239,7 @@ def score_class_maps(pairs, labels, *, ignore_label: int = 255, tolerance: int =
 
     Args:
         pairs: iterable of ``(record, class map uint8 [h, w])`` (``predict_class_maps``,
-            ``fpn_export.segmentation.tflite_class_maps``).
+            ``tflite_class_maps``).
         labels: the dataset's C foreground names (``background`` is added).
         ignore_label, tolerance: as ``SegmentationMetrics``.
     """
@@ -256,3 +256,31 @@ def evaluate_segmentation(model, dataset, model_cfg, *, batch_size: int = 8,
     """mIoU, per-class IoU and boundary F of a Keras segmenter on a dataset (``SegmentationMetrics.result``)."""
     return score_class_maps(predict_class_maps(model, dataset, model_cfg, batch_size=batch_size, progress=progress),
                             dataset.label_map.names, ignore_label=model_cfg.ignore_label, tolerance=tolerance)
+
+
+def tflite_class_maps(model_path, dataset, *, threads: int | None = None):
+    """Run an exported segmenter (``fpn_edge.Segmenter``) over a dataset.
+
+    Yields:
+        ``(record, class map uint8 [h, w] of the original image)`` in dataset order.
+
+    Raises:
+        ValueError: the model's labels are not ``["background", *dataset labels]``.
+    """
+    from fpn_edge.segmenter import Segmenter
+    from keras_fpn.data.images import load_image
+
+    seg = Segmenter.from_file(model_path, threads=threads)
+    names = class_names(dataset.label_map.names)
+    if seg.labels != names:
+        raise ValueError(f"{model_path}: model labels {seg.labels} differ from the dataset's {names}")
+    for record in dataset.records:
+        yield record, seg.segment(load_image(record.image_path))
+
+
+def evaluate_tflite(model_path, dataset, *, tolerance: int = BOUNDARY_TOLERANCE, threads: int | None = None,
+                    ignore_label: int = 255) -> dict:
+    """mIoU / per-class IoU / boundary F of an exported segmenter on a dataset (``tflite_class_maps``):
+    the same metrics as ``evaluate_segmentation``, for float vs int8 comparisons."""
+    return score_class_maps(tflite_class_maps(model_path, dataset, threads=threads), dataset.label_map.names,
+                            ignore_label=ignore_label, tolerance=tolerance)

@@ -1,4 +1,4 @@
-"""COCO evaluation with pycocotools (DESIGN decision 8) and Keras-model prediction.
+"""Detection evaluation: COCO metrics by pycocotools, predictions of a Keras model or a .tflite (``fpn_edge``).
 
 Detections travel in the COCO *results* format everywhere (Keras model,
 TFLite through fpn_edge, compare): ``{"image_id", "category_id" (the dataset's
@@ -121,7 +121,8 @@ def predict_dataset(model, dataset, model_cfg, *, batch_size: int = 8, progress:
 
     ``detect``: a ``detection_function(model, model_cfg)`` to reuse (default: a new one).
     """
-    from keras_fpn.data.pipeline import build_inference_dataset, canvas_to_original
+    from keras_fpn.data.pipeline import build_inference_dataset
+    from keras_fpn.data.preprocess import canvas_to_original
     from keras_fpn.models.backbones import NORMALIZATION
 
     detect = detect or detection_function(model, model_cfg)
@@ -150,3 +151,19 @@ def format_metrics(metrics: dict) -> str:
         lines += ["", "class                 AP"]
         lines += [f"{name:<20} {ap:.4f}" for name, ap in metrics["per_class"].items()]
     return "\n".join(lines)
+
+
+def tflite_results(model_path, dataset, *, threads: int | None, score_threshold: float) -> list:
+    """Run a .tflite through ``fpn_edge.Detector`` over a dataset; COCO results (as ``predict_dataset``)."""
+    from fpn_edge import Detector
+
+    det = Detector.from_file(model_path, threads=threads)
+    results = []
+    for record in dataset.records:
+        for d in det.detect(record.image_path, score_threshold=score_threshold):
+            x1, y1, x2, y2 = d.box_xyxy
+            results.append({"image_id": int(record.image_id),
+                            "category_id": int(dataset.label_map.to_source(d.class_id)),
+                            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                            "score": float(d.score)})
+    return results
