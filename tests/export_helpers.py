@@ -97,7 +97,7 @@ def evaluation(raccoon_dir) -> list:
 
 def export(tmp_root: Path, weights_path, raccoon_dir, mode: str, *, raw: bool, **kwargs) -> Path:
     """Export the tiny model once per (mode, raw, kwargs) and return the path."""
-    from fpn_export.convert import export_detector
+    from fpn_export.detection import export_detector
 
     key = ("export", mode, raw, tuple(sorted(kwargs.items())))
     if key not in _CACHE:
