@@ -42,9 +42,9 @@ def detector_metadata(config, labels, *, output: str, mode: str, extra: Optional
     m = config.model
     return export_metadata(
         config, task="detection", labels=labels, output=output, mode=mode, extra=extra,
-        box_coder={"scale_factors": [float(v) for v in m.box_scale_factors]},
-        nms={"score_threshold": float(m.score_threshold), "iou_threshold": float(m.iou_threshold),
-             "max_detections": int(m.max_detections), "max_detections_per_class": int(m.max_detections_per_class)})
+        box_coder={"scale_factors": [float(v) for v in m.anchors.box_scale_factors]},
+        nms={"score_threshold": float(m.postprocess.score_threshold), "iou_threshold": float(m.postprocess.iou_threshold),
+             "max_detections": int(m.postprocess.max_detections), "max_detections_per_class": int(m.postprocess.max_detections_per_class)})
 
 
 def _output_names(out, postprocess: bool) -> dict:
@@ -136,11 +136,11 @@ def export_detector(model, config, labels, mode: str, *, out, representative=Non
                                         train_data=train_data, representative=representative)
     if not raw:
         model = attach_postprocess(model, anchors, num_classes=mcfg.num_classes,
-                                   scale_factors=mcfg.box_scale_factors,
-                                   score_threshold=mcfg.score_threshold,
-                                   iou_threshold=mcfg.iou_threshold,
-                                   max_detections=mcfg.max_detections,
-                                   max_detections_per_class=mcfg.max_detections_per_class,
+                                   scale_factors=mcfg.anchors.box_scale_factors,
+                                   score_threshold=mcfg.postprocess.score_threshold,
+                                   iou_threshold=mcfg.postprocess.iou_threshold,
+                                   max_detections=mcfg.postprocess.max_detections,
+                                   max_detections_per_class=mcfg.postprocess.max_detections_per_class,
                                    use_regular_nms=True, ns=ns)
 
     # 2. Convert (optionally through the quantization debugger).

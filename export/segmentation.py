@@ -49,8 +49,8 @@ def segmentation_metadata(config, labels, *, mode: str, extra: Optional[dict] = 
     m = config.model
     return export_metadata(
         config, task="segmentation", labels=class_names(labels), output="logits", mode=mode, extra=extra,
-        segmentation={"background_id": 0, "ignore_label": int(m.ignore_label),
-                      "final_upsample": m.seg_final_upsample})
+        segmentation={"background_id": 0, "ignore_label": int(m.segmentation.ignore_label),
+                      "final_upsample": m.segmentation.final_upsample})
 
 
 def export_segmenter(model, config, labels, mode: str, *, out, representative=None, train_data=None,

@@ -48,9 +48,9 @@ def input_normalization(model_cfg) -> dict:
     from keras_fpn.models.backbones import NORMALIZATION
 
     try:
-        norm = NORMALIZATION[model_cfg.backbone]
+        norm = NORMALIZATION[model_cfg.backbone.name]
     except KeyError:
-        raise ExportError(f"unknown backbone {model_cfg.backbone!r}: no input normalization known") from None
+        raise ExportError(f"unknown backbone {model_cfg.backbone.name!r}: no input normalization known") from None
     return {"channel_order": norm["channel_order"], "mean": [float(v) for v in norm["mean"]],
             "std": [float(v) for v in norm["std"]]}
 
