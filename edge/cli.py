@@ -138,37 +138,57 @@ def _run_video(det, kind, src, out_dir: Path, args, used: set) -> dict:
     return entry
 
 
+def _start(runner_class, args) -> tuple:
+    """``(runner, inputs, output folder)`` of a detect / segment command (the folder is created)."""
+    runner = runner_class.from_file(args.model, threads=args.threads, delegate=args.delegate)
+    items = _expand_inputs(args.inputs)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return runner, items, out_dir
+
+
+def _each_input(items: list, run_one, quiet: bool) -> tuple[list, list]:
+    """Run ``run_one(kind, src) -> (entry, log text or None)`` on every input; an ``EdgeError``
+    is one error line and an ``errors`` entry, and the batch goes on. Returns ``(entries, errors)``."""
+    results, errors = [], []
+    for n, (kind, src) in enumerate(items, 1):
+        try:
+            entry, text = run_one(kind, src)
+        except EdgeError as e:
+            _error(str(e))
+            errors.append({"file": str(src), "error": str(e)})
+            continue
+        results.append(entry)
+        if text is not None:
+            _log(f"[{n}/{len(items)}] {src}: {text}", quiet)
+    return results, errors
+
+
 def cmd_detect(args) -> int:
     from fpn_edge.detector import Detector
     from fpn_edge.draw import draw_detections
 
-    det = Detector.from_file(args.model, threads=args.threads, delegate=args.delegate)
-    items = _expand_inputs(args.inputs)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    det, items, out_dir = _start(Detector, args)
     _log(f"{args.model}: {det.output_kind} model, input {det.input_size[0]}x{det.input_size[1]} "
          f"{det.input_dtype.name}, {det.delegate}; {len(items)} input(s)", args.quiet)
-    results, errors, used = [], [], set()
-    for n, (kind, src) in enumerate(items, 1):
-        try:
-            if kind != "image":
-                results.append(_run_video(det, kind, src, out_dir, args, used))
-                continue
-            img = det.load(src)
-            t0 = time.perf_counter()
-            dets = det.detect(img, score_threshold=args.threshold, max_detections=args.max_detections)
-            ms = (time.perf_counter() - t0) * 1e3
-            entry = {"file": str(src), "width": int(img.shape[1]), "height": int(img.shape[0]),
-                     "detections": [d.to_dict() for d in dets]}
-            if not args.no_images:
-                ann_path = _annotated_path(out_dir, Path(src), used)
-                _save_image(ann_path, draw_detections(img, dets))
-                entry["annotated"] = ann_path.name
-            results.append(entry)
-            _log(f"[{n}/{len(items)}] {src}: {len(dets)} detections ({ms:.1f} ms)", args.quiet)
-        except EdgeError as e:
-            _error(str(e))
-            errors.append({"file": str(src), "error": str(e)})
+    used = set()
+
+    def one(kind, src):
+        if kind != "image":
+            return _run_video(det, kind, src, out_dir, args, used), None
+        img = det.load(src)
+        t0 = time.perf_counter()
+        dets = det.detect(img, score_threshold=args.threshold, max_detections=args.max_detections)
+        ms = (time.perf_counter() - t0) * 1e3
+        entry = {"file": str(src), "width": int(img.shape[1]), "height": int(img.shape[0]),
+                 "detections": [d.to_dict() for d in dets]}
+        if not args.no_images:
+            ann_path = _annotated_path(out_dir, Path(src), used)
+            _save_image(ann_path, draw_detections(img, dets))
+            entry["annotated"] = ann_path.name
+        return entry, f"{len(dets)} detections ({ms:.1f} ms)"
+
+    results, errors = _each_input(items, one, args.quiet)
     report = {"model": str(args.model), "output_kind": det.output_kind, "delegate": det.delegate,
               "labels": det.labels, "score_threshold": args.threshold,
               "box_format": {"box_xyxy": "x1, y1, x2, y2 in original image pixels",
@@ -195,38 +215,34 @@ def cmd_segment(args) -> int:
     from fpn_edge.draw import draw_segmentation, segmentation_palette
     from fpn_edge.segmenter import Segmenter, class_fractions
 
-    seg = Segmenter.from_file(args.model, threads=args.threads, delegate=args.delegate)
-    items = _expand_inputs(args.inputs)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    seg, items, out_dir = _start(Segmenter, args)
     _log(f"{args.model}: segmentation model, input {seg.input_size[0]}x{seg.input_size[1]} "
          f"{seg.input_dtype.name}, {len(seg.labels)} labels, {seg.delegate}; {len(items)} input(s)", args.quiet)
     palette = segmentation_palette(len(seg.labels), seg.background_id)
     flat_palette = palette.reshape(-1).tolist() + [0] * (768 - palette.size)
-    results, errors, used = [], [], set()
-    for n, (kind, src) in enumerate(items, 1):
-        try:
-            if kind != "image":
-                raise EdgeError(f"{src}: fpn-edge segment takes image files and directories (not {kind} input)")
-            img = seg.load(src)
-            t0 = time.perf_counter()
-            class_map = seg.segment(img)
-            ms = (time.perf_counter() - t0) * 1e3
-            stem = _unique_stem(Path(src).stem, used)
-            overlay_path, mask_path = out_dir / f"{stem}_overlay.png", out_dir / f"{stem}_mask.png"
-            _save_image(overlay_path, draw_segmentation(img, class_map, seg.labels,
-                                                        background_id=seg.background_id, alpha=args.alpha))
-            mask = Image.fromarray(class_map, mode="P")
-            mask.putpalette(flat_palette)
-            _save_image(mask_path, mask)
-            fractions = class_fractions(class_map, seg.labels)
-            results.append({"file": str(src), "width": int(img.shape[1]), "height": int(img.shape[0]),
-                            "overlay": overlay_path.name, "mask": mask_path.name, "class_fractions": fractions})
-            top = ", ".join(f"{k} {v:.1%}" for k, v in list(fractions.items())[:4])
-            _log(f"[{n}/{len(items)}] {src}: {top} ({ms:.1f} ms)", args.quiet)
-        except EdgeError as e:
-            _error(str(e))
-            errors.append({"file": str(src), "error": str(e)})
+    used = set()
+
+    def one(kind, src):
+        if kind != "image":
+            raise EdgeError(f"{src}: fpn-edge segment takes image files and directories (not {kind} input)")
+        img = seg.load(src)
+        t0 = time.perf_counter()
+        class_map = seg.segment(img)
+        ms = (time.perf_counter() - t0) * 1e3
+        stem = _unique_stem(Path(src).stem, used)
+        overlay_path, mask_path = out_dir / f"{stem}_overlay.png", out_dir / f"{stem}_mask.png"
+        _save_image(overlay_path, draw_segmentation(img, class_map, seg.labels,
+                                                    background_id=seg.background_id, alpha=args.alpha))
+        mask = Image.fromarray(class_map, mode="P")
+        mask.putpalette(flat_palette)
+        _save_image(mask_path, mask)
+        fractions = class_fractions(class_map, seg.labels)
+        top = ", ".join(f"{k} {v:.1%}" for k, v in list(fractions.items())[:4])
+        return ({"file": str(src), "width": int(img.shape[1]), "height": int(img.shape[0]),
+                 "overlay": overlay_path.name, "mask": mask_path.name, "class_fractions": fractions},
+                f"{top} ({ms:.1f} ms)")
+
+    results, errors = _each_input(items, one, args.quiet)
     report = {"model": str(args.model), "delegate": seg.delegate, "labels": seg.labels,
               "background_id": seg.background_id,
               "mask_format": "palette PNG, pixel value = class id (index into labels), original image size",
