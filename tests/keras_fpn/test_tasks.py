@@ -8,7 +8,7 @@ import pytest
 from keras_fpn.tasks import TASK_NAMES, get_task
 from keras_fpn.tasks.base import Task
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_registry_names_and_unknown_task():
