@@ -9,10 +9,17 @@ def _cmd_migrate(args) -> int:
     from keras_fpn.config.loader import load_config
     from keras_fpn.config.migrate import migrate_yaml_text
 
+    import yaml
+
+    from keras_fpn.config import ConfigError
+
     path = Path(args.file)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
-    new, changes, comments_kept = migrate_yaml_text(path.read_text())
+    try:
+        new, changes, comments_kept = migrate_yaml_text(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not changes:
         print(f"{path}: already in the tree layout, nothing to change", file=sys.stderr)
         return 0

@@ -137,8 +137,10 @@ def config_from_dict(raw: dict | None, overrides: typing.Sequence[str] = (),
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"unknown config section {unknown[0]!r} (known: {', '.join(sections)})")
+    for name in sections:
+        if raw.get(name) is not None and not isinstance(raw[name], dict):
+            raise ConfigError(f"{name}: expected a mapping of keys, got {raw[name]!r}")
     merged = {name: dict(raw.get(name) or {}) for name in sections}
-    merged["model"] = _with_preset(merged["model"])
     for item in overrides:
         parts, value = _parse_override(item)
         if parts[0] not in sections:
@@ -151,6 +153,7 @@ def config_from_dict(raw: dict | None, overrides: typing.Sequence[str] = (),
             node[part] = dict(child) if isinstance(child, dict) else {}
             node = node[part]
         node[parts[-1]] = value
+    merged["model"] = _with_preset(merged["model"])  # after the overrides: --set model.preset=... applies too
     cfg = Config(**{name: _build(name, cls, merged[name]) for name, cls in sections.items()})
     if base_dir is not None:
         cfg = _resolve_paths(cfg, Path(base_dir))
@@ -220,8 +223,13 @@ def config_to_dict(cfg) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def config_yaml(cfg: Config) -> str:
+    """The YAML text ``save_config`` writes."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (``fpn_edge.atomic``)."""
     from fpn_edge.atomic import write_text_atomic
 
-    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    write_text_atomic(path, config_yaml(cfg))
