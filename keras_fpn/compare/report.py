@@ -133,7 +133,9 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
       run_dir: a run directory of ``keras-fpn train`` (a detector or a segmenter).
       modes: export modes to measure (exported into RUN/ unless already there and
         newer than the checkpoint, when ``reuse``).
-      data, include: evaluation dataset (default: the run's ``data.val``).
+      data, include: evaluation dataset and include list (default: the run's ``data.val`` and
+        ``data.val_include``), without the images that cannot be decoded
+        (``keras_fpn.data.splits.load_eval_split``).
       threads: XNNPACK threads for every TFLite variant.
       out: output folder (default RUN/compare).
       bench_runs: timed runs per variant for latency.
@@ -144,21 +146,20 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
     Returns:
       The report dict (also written as report.json).
     """
+    from fpn_edge.atomic import check_writable
     from fpn_export.convert import default_output_path
     from keras_fpn.compare.background import BackgroundExport, pick_background
     from keras_fpn.compare.plots import write_plots
+    from keras_fpn.data.splits import load_eval_split
     from keras_fpn.rundir import open_run, write_text_atomic
-    from keras_fpn.data.splits import load_datasets, load_split
+    from keras_fpn.training.checkpoints import verify_checkpoint
 
     run = open_run(run_dir)
     cfg = run.config
     task = get_task(cfg.model.task).report
-    dataset = load_split(data, include, cfg.data.strict) if data else load_datasets(cfg)[1]
-    if dataset is None:
-        raise ValueError(f"{run_dir}: no data.val in the config; pass --data")
-    out = Path(out) if out else run.path / "compare"
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint = run.weights("best")
+    checkpoint = verify_checkpoint(run.weights("best"))
+    dataset = load_eval_split(cfg, data, include, labels=run.labels, where=str(run_dir))
+    out = check_writable(Path(out) if out else run.path / "compare", folder=True)
     steps = len(modes) + 2
     paths = {m: default_output_path(run.path, m) for m in modes}
     up_to_date = {m: reuse and p.is_file() and p.stat().st_mtime >= checkpoint.stat().st_mtime
@@ -187,9 +188,11 @@ def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, be
     from fpn_edge.machine import cpu_name
     from fpn_export.convert import export_model
 
+    from keras_fpn.training.checkpoints import build_run_model
+
     checkpoint = run.weights("best")
     log(f"[1/{steps}] float Keras model on {len(dataset)} images")
-    model = run.build_model(which="best", batch_size=1)
+    model = build_run_model(run, which="best", batch_size=1)
     float_metrics, float_results = task.evaluate_keras(model, dataset, cfg)
     rows = [_row(task, "float (Keras)", checkpoint, float_metrics, float_metrics,
                  keras_latency_ms(model, cfg.model.image_size, runs=min(bench_runs, 20), traced=True),
