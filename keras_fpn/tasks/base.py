@@ -80,8 +80,10 @@ class Task:
         """The ``keras_fpn.compare.report.TaskReport`` that ``keras-fpn compare`` uses."""
         raise NotImplementedError
 
-    def predict(self, run, paths, out, *, threshold: float, max_detections: int, which: str) -> int:
-        """``keras-fpn predict``: write results for ``paths`` into ``out``; returns the number of images."""
+    def predict(self, run, paths, out, *, threshold: float, max_detections: int, which: str,
+                on_error=None) -> tuple[int, list]:
+        """``keras-fpn predict``: write results for ``paths`` into ``out``; an image that cannot be read
+        is reported to ``on_error(message)`` and the others go on. Returns ``(images done, [errors])``."""
         raise NotImplementedError
 
 

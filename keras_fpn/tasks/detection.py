@@ -85,10 +85,11 @@ class DetectionTask(Task):
 
         return REPORT
 
-    def predict(self, run, paths, out, *, threshold, max_detections, which):
+    def predict(self, run, paths, out, *, threshold, max_detections, which, on_error=None):
         from keras_fpn.training.predict import predict_images
 
-        return predict_images(run, paths, out, threshold=threshold, max_detections=max_detections, which=which)
+        return predict_images(run, paths, out, threshold=threshold, max_detections=max_detections, which=which,
+                              on_error=on_error)
 
 
 DETECTION = DetectionTask()

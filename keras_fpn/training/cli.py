@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+
+from fpn_edge.argtypes import nonneg_int, positive_int, unit_interval
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def _cmd_train(args) -> int:
@@ -14,7 +19,7 @@ def _cmd_train(args) -> int:
     cfg = load_config(args.config, args.set or [])
     run_dir = args.run_dir or os.path.join("runs", Path(args.config).stem)
     print(f"training {args.config} -> {run_dir}")
-    result = train(cfg, run_dir, verbose=1 if not args.quiet else 2)
+    result = train(cfg, run_dir, verbose=1 if not args.quiet else 2, force=args.force)
     ev = result.get("eval") or {}
     print(f"done in {result['seconds'] / 60:.1f} min; run directory: {run_dir}")
     if ev:
@@ -23,31 +28,49 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from keras_fpn.data.splits import load_datasets, load_split
+    from fpn_edge.atomic import check_writable
+    from keras_fpn.data.splits import load_eval_split
     from keras_fpn.rundir import open_run, write_text_atomic
     from keras_fpn.tasks import get_task
+    from keras_fpn.training.checkpoints import build_run_model
 
     run = open_run(args.run)
     cfg = run.config
-    if args.data:
-        dataset = load_split(args.data, args.include, cfg.data.strict)
-    else:
-        _, dataset = load_datasets(cfg)
-        if dataset is None:
-            raise ValueError(f"{args.run}: the config has no data.val; pass --data")
-    if list(dataset.label_map.names) != run.labels:
-        raise ValueError(f"dataset classes {list(dataset.label_map.names)} differ from the run's {run.labels}")
+    out = check_writable(args.out if args.out else run.path / f"eval_{args.which}.json")
+    dataset = load_eval_split(cfg, args.data, args.include, labels=run.labels, where=args.run)
     task = get_task(cfg.model.task)
-    metrics = task.evaluate(run.build_model(which=args.which), dataset, cfg, progress=True,
+    metrics = task.evaluate(build_run_model(run, which=args.which), dataset, cfg, progress=True,
                             boundary_tolerance=args.boundary_tolerance)
     print(task.format_metrics(metrics))
-    out = Path(args.out) if args.out else run.path / f"eval_{args.which}.json"
     write_text_atomic(out, json.dumps({"checkpoint": args.which, "images": len(dataset), **metrics}, indent=2))
     print(f"written {out}")
     return 0
 
 
+def _image_inputs(items) -> list:
+    """Image files of the command line (folders expanded, sorted), each file once.
+
+    Raises:
+        FileNotFoundError: an input that does not exist.
+        ValueError: a folder without images.
+    """
+    paths, seen = [], set()
+    for item in items:
+        p = Path(item)
+        if not p.exists():
+            raise FileNotFoundError(2, "input not found", str(p))
+        found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        if p.is_dir() and not found:
+            raise ValueError(f"{p}: no image files in the folder ({', '.join(IMAGE_SUFFIXES)})")
+        for q in found:
+            if q.resolve() not in seen:
+                seen.add(q.resolve())
+                paths.append(q)
+    return paths
+
+
 def _cmd_predict(args) -> int:
+    from fpn_edge.atomic import check_writable
     from keras_fpn.rundir import open_run
     from keras_fpn.tasks import get_task
 
@@ -55,14 +78,17 @@ def _cmd_predict(args) -> int:
     task = get_task(run.config.model.task)
     if not task.can_predict:
         raise ValueError(f"{args.run}: {task.predict_hint}")
-    paths = []
-    for item in args.images:
-        p = Path(item)
-        paths += sorted(q for q in p.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")) if p.is_dir() else [p]
-    n = task.predict(run, paths, args.out, threshold=args.threshold, max_detections=args.max_detections,
-                     which=args.which)
-    print(f"written {Path(args.out) / 'detections.json'} and {n} annotated images")
-    return 0
+    paths = _image_inputs(args.images)
+    out = check_writable(args.out, folder=True)
+
+    def error(message):
+        print(f"keras-fpn predict: error: {message}", file=sys.stderr)
+
+    n, errors = task.predict(run, paths, out, threshold=args.threshold, max_detections=args.max_detections,
+                             which=args.which, on_error=error)
+    print(f"written {out / 'detections.json'} and {n} annotated images"
+          + (f"; {len(errors)} image(s) could not be read (see detections.json)" if errors else ""))
+    return 2 if errors else 0
 
 
 def add_training_commands(sub) -> None:
@@ -73,16 +99,20 @@ def add_training_commands(sub) -> None:
                    help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--run-dir", help="output run directory (default runs/<config name>)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="the run directory was trained with another config or dataset: discard that training "
+                        "(checkpoints, history, backup; exports stay) and train anew")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="COCO AP (pycocotools) of a run on its val split or --data; "
                                         "mIoU and boundary F-score for a segmentation run")
     p.add_argument("run", help="run directory written by `keras-fpn train`")
     p.add_argument("--data", help="dataset to evaluate on (COCO JSON, VOC dir, YOLO dir, TFRecord)")
-    p.add_argument("--include", help="only these images (txt list or csv with a filename column)")
+    p.add_argument("--include", help="only these images (txt list or csv with a filename column); "
+                                      "default: data.val_include when evaluating data.val")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint")
     p.add_argument("--out", help="metrics JSON (default RUN/eval_<which>.json)")
-    p.add_argument("--boundary-tolerance", type=int, default=2, metavar="PX",
+    p.add_argument("--boundary-tolerance", type=nonneg_int, default=2, metavar="PX",
                    help="segmentation: boundary F-score tolerance in pixels (default 2)")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -90,7 +120,7 @@ def add_training_commands(sub) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder: detections.json + annotated images")
-    p.add_argument("--threshold", type=float, default=0.3, help="minimum score (default 0.3)")
-    p.add_argument("--max-detections", type=int, default=100)
+    p.add_argument("--threshold", type=unit_interval, default=0.3, help="minimum score in [0, 1] (default 0.3)")
+    p.add_argument("--max-detections", type=positive_int, default=100)
     p.add_argument("--which", default="best", choices=["best", "last"])
     p.set_defaults(func=_cmd_predict)
