@@ -69,17 +69,42 @@ def _export_errors() -> tuple:
     return (ExportError,)
 
 
+def _usage_errors_one_line(parser: argparse.ArgumentParser) -> None:
+    """A bad argument is one line ``PROG: error: ...`` (exit 2), on every subcommand's parser too."""
+    def error(message, parser=parser):
+        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _usage_errors_one_line(sub)
+
+
+def error_line(exc: BaseException) -> str:
+    """A user error as one line: an OSError as ``FILE: reason``, any message's line breaks folded."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    from fpn_edge.errors import EdgeError
+
+    parser = build_parser()
+    _usage_errors_one_line(parser)
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError, *_export_errors()) as exc:
+    except (ValueError, OSError, EdgeError, *_export_errors()) as exc:
         if getattr(args, "debug_errors", False):
             raise
-        print(f"keras-fpn {args.command}: error: {exc}", file=sys.stderr)
+        verb = " ".join(v for v in (args.command, getattr(args, "data_command", None),
+                                    getattr(args, "configs_command", None)) if v)
+        print(f"keras-fpn {verb}: error: {error_line(exc)}", file=sys.stderr)
         return 2
 
 
