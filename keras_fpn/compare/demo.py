@@ -36,6 +36,7 @@ SIZES = {
 
 def run_demo(out_dir, *, fast: bool = False, threads: int = 2, seed: int = 0, log=print) -> dict:
     """Run the demo into ``out_dir`` and return the compare report."""
+    from fpn_export.modes import COMPARE_DEFAULT
     from keras_fpn.compare.report import compare_run, headline_table
     from keras_fpn.config import load_config
     from keras_fpn.data.synthetic import generate_synthetic_coco
@@ -63,7 +64,7 @@ def run_demo(out_dir, *, fast: bool = False, threads: int = 2, seed: int = 0, lo
     say(f"   trained in {trained['seconds'] / 60:.1f} min")
     say("== 3/4 + 4/4 export fp32 / int8 / qat-int8 and compare through fpn_edge")
     compare_started = time.time()
-    report = compare_run(run_dir, modes=("fp32", "int8", "qat-int8"), threads=threads,
+    report = compare_run(run_dir, modes=COMPARE_DEFAULT, threads=threads,
                          out=out / "report", bench_runs=20 if fast else 100, log=say)
     say(f"   exported and compared in {(time.time() - compare_started) / 60:.1f} min")
     report["demo"] = {"seconds": time.time() - started, "train_seconds": trained["seconds"],

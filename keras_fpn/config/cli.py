@@ -6,7 +6,6 @@ from pathlib import Path
 
 
 def _cmd_migrate(args) -> int:
-    from keras_fpn.config.loader import load_config
     from keras_fpn.config.migrate import migrate_yaml_text
 
     path = Path(args.file)
@@ -24,12 +23,15 @@ def _cmd_migrate(args) -> int:
     if not args.in_place:
         sys.stdout.write(new)
         return 0
-    from fpn_edge.atomic import write_text_atomic
+    import yaml
 
+    from fpn_edge.atomic import write_text_atomic
+    from keras_fpn.config.loader import config_from_dict
+
+    config_from_dict(yaml.safe_load(new))  # the new file must build (paths are not resolved here) before any write
     backup = path.with_name(path.name + ".bak")
     write_text_atomic(backup, path.read_text())
     write_text_atomic(path, new)
-    load_config(path)  # the rewritten file must load (it does: the rewrite is checked against the old one)
     print(f"{path}: rewritten ({len(changes)} keys moved; the old file is {backup})", file=sys.stderr)
     return 0
 

@@ -15,8 +15,9 @@ A ``Config`` has four sections. ``model`` is itself a small tree::
     export: TFLite export and quantization
 
 The defaults are a generic RetinaNet-style MobileNetV2 FPN (P3-P7, width 128,
-4 x 128 towers, 9 anchors, ReLU); the named presets (``keras_fpn.models.presets``)
-are complete starting points and differ from it (e.g. ReLU6 for the mobile ones).
+4 x 128 towers, 9 anchors, ReLU); a named preset (``keras_fpn.models.presets``)
+sets the architecture keys (image size, activation, backbone, neck, head,
+anchors; e.g. ReLU6 for the mobile ones) and leaves the rest at these defaults.
 Every check raises ``ConfigError`` naming the key.
 """
 from __future__ import annotations

@@ -158,6 +158,6 @@ class EvalCheckpoint(keras.callbacks.Callback):
 
 
 def _write_json(path: Path, data) -> None:
-    from keras_fpn.rundir import write_text_atomic
+    from fpn_edge.atomic import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=2))

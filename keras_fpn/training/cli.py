@@ -24,7 +24,8 @@ def _cmd_train(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from keras_fpn.data.splits import load_datasets, load_split
-    from keras_fpn.rundir import open_run, write_text_atomic
+    from fpn_edge.atomic import write_text_atomic
+    from keras_fpn.rundir import open_run
     from keras_fpn.tasks import get_task
 
     run = open_run(args.run)

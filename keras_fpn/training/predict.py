@@ -11,13 +11,13 @@ def predict_images(run, paths, out, *, threshold: float, max_detections: int, wh
     original pixels) and ``out/<stem>_pred.jpg``. Returns the number of images."""
     import tensorflow as tf
 
+    from fpn_edge.atomic import write_text_atomic
     from fpn_edge.draw import draw_detections
     from keras_fpn.data.images import load_image
     from keras_fpn.data.preprocess import canvas_to_original, preprocess_for_inference
     from keras_fpn.models.backbones import NORMALIZATION
     from keras_fpn.ops.anchors import model_anchors
     from keras_fpn.ops.postprocess import decode_detections
-    from keras_fpn.rundir import write_text_atomic
 
     mcfg = run.config.model
     model = run.build_model(which=which)

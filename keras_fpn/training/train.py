@@ -21,7 +21,8 @@ import keras
 from keras_fpn.config import Config, save_config
 from keras_fpn.data.splits import load_datasets
 from keras_fpn.models.factory import build_model
-from keras_fpn.rundir import save_labels, with_num_classes, write_text_atomic
+from fpn_edge.atomic import write_text_atomic
+from keras_fpn.rundir import save_labels, with_num_classes
 from keras_fpn.tasks import get_task
 from keras_fpn.training.callbacks import BackupEveryStepsAndEpoch, EvalCheckpoint
 from keras_fpn.training.optimizer import build_optimizer
