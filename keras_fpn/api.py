@@ -12,6 +12,7 @@ import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
@@ -20,6 +21,8 @@ from keras_fpn.config import Config
 
 __all__ = ["Run", "train"]
 
+#: an image for ``Run.predict``: a file path or a uint8 RGB array ``[h, w, 3]``
+Image = Union[str, os.PathLike, np.ndarray]
 #: the modes ``Run.compare`` measures by default (as ``keras-fpn compare``)
 DEFAULT_COMPARE_MODES = ("fp32", "int8", "qat-int8")
 
@@ -71,7 +74,7 @@ class Run(rundir.Run):
                                                     boundary_tolerance=boundary_tolerance)
         return {"images": len(dataset), **metrics}
 
-    def predict(self, images, *, threshold: float = 0.3, max_detections: int = 100,
+    def predict(self, images: Image | Sequence[Image], *, threshold: float = 0.3, max_detections: int = 100,
                 which: str = "best") -> list[list[dict]]:
         """Detections of a detector run, per image, in that image's own pixels.
 
