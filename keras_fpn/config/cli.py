@@ -12,8 +12,8 @@ def _cmd_list(args) -> int:
     width = max(map(len, configs), default=0)
     for name, about in configs.items():
         print(f"{name:<{width}}  {about}")
-    print(f"\n`keras-fpn configs show NAME > my.yaml` prints one to start from; `keras-fpn train NAME` "
-          f"trains it as it is", file=sys.stderr)
+    print("\n`keras-fpn configs show NAME > my.yaml` prints one to start from; `keras-fpn train NAME` "
+          "trains it as it is", file=sys.stderr)
     return 0
 
 
