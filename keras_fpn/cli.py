@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import keras_fpn  # noqa: F401  (sets KERAS_BACKEND before anything imports Keras)
+import keras_fpn  # sets KERAS_BACKEND before anything imports Keras
 
 
 def _cmd_info(args) -> int:
@@ -33,6 +33,7 @@ def _cmd_info(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keras-fpn", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"keras-fpn {keras_fpn.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="build a preset and print its pyramid levels and outputs")

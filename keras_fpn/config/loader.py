@@ -199,8 +199,10 @@ def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
     return cfg
 
 
-def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a YAML config file (plus overrides); data paths resolve against its folder."""
+def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = (), *,
+                base_dir: str | os.PathLike | None = None) -> Config:
+    """Load a YAML config file (plus overrides); relative paths resolve against ``base_dir``
+    (default: the file's folder)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -211,7 +213,7 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     try:
-        return config_from_dict(raw, overrides, base_dir=path.parent)
+        return config_from_dict(raw, overrides, base_dir=path.parent if base_dir is None else base_dir)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

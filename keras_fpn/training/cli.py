@@ -7,11 +7,11 @@ from pathlib import Path
 
 
 def _cmd_train(args) -> int:
-    from keras_fpn.config import load_config
+    from keras_fpn.config import Config
     from keras_fpn.tasks import get_task
     from keras_fpn.training.train import train
 
-    cfg = load_config(args.config, args.set or [])
+    cfg = Config.from_yaml(args.config, args.set or [])
     run_dir = args.run_dir or os.path.join("runs", Path(args.config).stem)
     print(f"training {args.config} -> {run_dir}")
     result = train(cfg, run_dir, verbose=1 if not args.quiet else 2)
@@ -23,27 +23,16 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from keras_fpn.data.splits import load_datasets, load_split
+    from keras_fpn.api import Run
     from fpn_edge.atomic import write_text_atomic
-    from keras_fpn.rundir import open_run
     from keras_fpn.tasks import get_task
 
-    run = open_run(args.run)
-    cfg = run.config
-    if args.data:
-        dataset = load_split(args.data, args.include, cfg.data.strict)
-    else:
-        _, dataset = load_datasets(cfg)
-        if dataset is None:
-            raise ValueError(f"{args.run}: the config has no data.val; pass --data")
-    if list(dataset.label_map.names) != run.labels:
-        raise ValueError(f"dataset classes {list(dataset.label_map.names)} differ from the run's {run.labels}")
-    task = get_task(cfg.model.task)
-    metrics = task.evaluate(run.build_model(which=args.which), dataset, cfg, progress=True,
-                            boundary_tolerance=args.boundary_tolerance)
-    print(task.format_metrics(metrics))
+    run = Run(args.run)
+    metrics = run.evaluate(args.data, include=args.include, which=args.which, progress=True,
+                           boundary_tolerance=args.boundary_tolerance)
+    print(get_task(run.config.model.task).format_metrics(metrics))
     out = Path(args.out) if args.out else run.path / f"eval_{args.which}.json"
-    write_text_atomic(out, json.dumps({"checkpoint": args.which, "images": len(dataset), **metrics}, indent=2))
+    write_text_atomic(out, json.dumps({"checkpoint": args.which, **metrics}, indent=2))
     print(f"written {out}")
     return 0
 
@@ -69,7 +58,7 @@ def _cmd_predict(args) -> int:
 def add_training_commands(sub) -> None:
     p = sub.add_parser("train", help="train a detector from a YAML config into a run directory",
                        description="Train with Model.fit. Rerunning the same command resumes a killed run.")
-    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("config", help="YAML config file, or the name of a shipped config (`keras-fpn configs`)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--run-dir", help="output run directory (default runs/<config name>)")
