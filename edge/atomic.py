@@ -1,7 +1,9 @@
 """Atomic file writes: a temporary file in the target's folder, then ``os.replace``.
 
-Every file keras-fpn writes (fpn_edge, fpn_export, keras_fpn) goes through this
-module, so all of them behave the same way:
+The artifacts keras-fpn writes (models, checkpoints, configs, labels, reports,
+JSON, images; in fpn_edge, fpn_export and keras_fpn) go through this module, so
+all of them behave the same way (logs that Keras appends to, such as history.csv
+and TensorBoard events, are the exception):
 
 * the data is written to a temporary file beside the target (same file
   system, so the rename is atomic), flushed and fsynced;

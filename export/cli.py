@@ -88,8 +88,10 @@ def run_export(args) -> int:
         print(f"keras-fpn export: error: {error_line(exc)}", file=sys.stderr)
         return 2
     counts = op_counts(path)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, mode {args.mode}"
-          f"{', raw outputs' if args.raw else ', TFLite_Detection_PostProcess'})")
+    from fpn_edge.metadata import read_metadata
+
+    output = read_metadata(path)[0]["output"]   # postprocess | raw | logits
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, mode {args.mode}, outputs: {output})")
     print("ops: " + json.dumps(counts))
     if args.report or MODES[args.mode].edgetpu:
         rep = check_edgetpu(path)

@@ -8,34 +8,32 @@ from __future__ import annotations
 import argparse
 import sys
 
-import keras_fpn  # noqa: F401  (sets KERAS_BACKEND before anything imports Keras)
+import keras_fpn  # sets KERAS_BACKEND before anything imports Keras
 
 
 def _cmd_info(args) -> int:
     """Build a preset (random init, no download) and print its pyramid."""
-    import keras
-
     from keras_fpn.config import config_from_dict
-    from keras_fpn.models.detector import build_detector
+    from keras_fpn.models.factory import build_model
 
     cfg = config_from_dict({"model": {"preset": args.preset, "num_classes": args.num_classes,
                                       "backbone": {"weights": None},
                                       **({"image_size": args.image_size} if args.image_size else {})}})
-    model = build_detector(cfg.model)
+    model = build_model(cfg.model)
     print(f"{args.preset}: input {cfg.model.image_size[0]}x{cfg.model.image_size[1]}, "
           f"{cfg.model.num_classes} classes, {model.count_params():,} parameters")
     for level in cfg.model.head_levels:
         name = f"fpn_output_P{level}" if level <= 5 else f"fpn_extra_P{level}"
         shape = model.get_layer(name).output.shape
         print(f"  P{level}: stride {2 ** level:>3}  {shape[1]}x{shape[2]}x{shape[3]}  ({name})")
-    for out in ("box_deltas", "class_logits"):
-        print(f"  output {out}: {tuple(model.output[out].shape)}")
-    del keras
+    for out, tensor in model.output.items():
+        print(f"  output {out}: {tuple(tensor.shape)}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keras-fpn", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"keras-fpn {keras_fpn.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="build a preset and print its pyramid levels and outputs")

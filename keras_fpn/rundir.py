@@ -45,11 +45,41 @@ def read_labels(path: str | os.PathLike) -> list[str]:
     return [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
 
 
-@dataclass(frozen=True)
+@dataclass(init=False, repr=False, eq=False)
 class Run:
+    """A run directory: its resolved config and labels (read at once), its checkpoints (on demand).
+
+    ``Run(path)`` reads ``RUN/config.yaml`` and ``RUN/labels.txt``; a ``config`` or ``labels`` given
+    replaces what is read (``dataclasses.replace(run, config=...)`` does that: the export-time
+    overrides of ``keras-fpn export --set``).
+
+    Attributes:
+        path: the run directory.
+        config: its ``Config``.
+        labels: class names in contiguous class-id order (no background).
+
+    Raises:
+        RunDirError: the folder, ``config.yaml`` or ``labels.txt`` is missing, or they disagree on the
+            number of classes.
+    """
+
     path: Path
     config: Config
     labels: list
+
+    def __init__(self, path: str | os.PathLike, config: Config | None = None, labels: list | None = None):
+        path = Path(path)
+        if not path.is_dir():
+            raise RunDirError(f"{path}: run directory not found")
+        self.path = path
+        self.config = config if config is not None else load_config(path / "config.yaml")
+        self.labels = list(labels) if labels is not None else read_labels(path / "labels.txt")
+        if self.config.model.num_classes != len(self.labels):
+            raise RunDirError(f"{path}: config has {self.config.model.num_classes} classes but labels.txt has "
+                              f"{len(self.labels)}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
 
     def weights(self, which: str = "best") -> Path:
         p = self.path / f"{which}.weights.h5"
@@ -70,14 +100,7 @@ class Run:
 
 def open_run(path: str | os.PathLike) -> Run:
     """Read a run directory's config and labels (the model is built on demand)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RunDirError(f"{path}: run directory not found")
-    cfg = load_config(path / "config.yaml")
-    labels = read_labels(path / "labels.txt")
-    if cfg.model.num_classes != len(labels):
-        raise RunDirError(f"{path}: config has {cfg.model.num_classes} classes but labels.txt has {len(labels)}")
-    return Run(path=path, config=cfg, labels=labels)
+    return Run(path)
 
 
 def with_num_classes(cfg: Config, num_classes: int) -> Config:

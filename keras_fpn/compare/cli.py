@@ -37,19 +37,18 @@ def _cmd_demo(args) -> int:
     from keras_fpn.compare.demo import run_demo
 
     check_writable(args.out, folder=True)
-
     run_demo(args.out, fast=args.fast, threads=args.threads)
     return 0
 
 
 def add_compare_commands(sub) -> None:
-    from fpn_export.modes import MODES
+    from fpn_export.modes import COMPARE_DEFAULT, MODES
 
     p = sub.add_parser("compare", help="accuracy, latency and size of the float model vs its quantized exports",
                        description="Export (or reuse) each variant, run it through fpn_edge on the val set, and "
                                    "write report.md / report.json / plots.")
     p.add_argument("run", help="run directory of `keras-fpn train`")
-    p.add_argument("--modes", type=_modes, default=("fp32", "int8", "qat-int8"),
+    p.add_argument("--modes", type=_modes, default=COMPARE_DEFAULT,
                    help=f"comma-separated export modes ({', '.join(MODES)})")
     p.add_argument("--data", help="evaluation dataset (default: the run's data.val)")
     p.add_argument("--include", help="only these images (txt list or csv with a filename column); "

@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from fpn_export.modes import COMPARE_DEFAULT
 from keras_fpn.tasks import get_task
 
 
@@ -124,7 +125,7 @@ def _row(task: TaskReport, variant: str, file, metrics: dict, reference: dict, l
     return {k: row[k] for k in task.keys}
 
 
-def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None = None,
+def compare_run(run_dir, *, modes=COMPARE_DEFAULT, data: str | None = None,
                 include: str | None = None, threads: int = 2, out: str | os.PathLike | None = None,
                 bench_runs: int = 50, reuse: bool = True, background: bool = True, log=print) -> dict:
     """Measure the float model and every exported variant; write the report.
@@ -146,12 +147,12 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
     Returns:
       The report dict (also written as report.json).
     """
-    from fpn_edge.atomic import check_writable
+    from fpn_edge.atomic import check_writable, write_text_atomic
     from fpn_export.convert import default_output_path
     from keras_fpn.compare.background import BackgroundExport, pick_background
     from keras_fpn.compare.plots import write_plots
     from keras_fpn.data.splits import load_eval_split
-    from keras_fpn.rundir import open_run, write_text_atomic
+    from keras_fpn.rundir import open_run
     from keras_fpn.training.checkpoints import verify_checkpoint
 
     run = open_run(run_dir)
@@ -240,7 +241,7 @@ def _cell(row: dict, key: str) -> str:
 
 def headline_table(report: dict) -> str:
     """The markdown table a person reads first."""
-    task = get_task(report.get("task", "detection")).report
+    task = get_task(report["task"]).report
     headers = [h for h, _ in task.table]
     lines = ["| variant | " + " | ".join(headers) + f" | latency p50 / p90 (ms) | size (MB) | {task.changes_header} |",
              "|---|" + "---|" * (len(headers) + 3)]
@@ -274,7 +275,7 @@ def _per_class_table(variants: list, key) -> list:
 def format_report(report: dict) -> str:
     from keras_fpn.compare.plots import plot_files
 
-    task = get_task(report.get("task", "detection")).report
+    task = get_task(report["task"]).report
     per_class = []
     for name, key in task.per_class:
         per_class += [f"## Per-class {name}", "", *_per_class_table(report["variants"], key), ""]

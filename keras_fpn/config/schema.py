@@ -15,13 +15,16 @@ A ``Config`` has four sections. ``model`` is itself a small tree::
     export: TFLite export and quantization
 
 The defaults are a generic RetinaNet-style MobileNetV2 FPN (P3-P7, width 128,
-4 x 128 towers, 9 anchors, ReLU); the named presets (``keras_fpn.models.presets``)
-are complete starting points and differ from it (e.g. ReLU6 for the mobile ones).
+4 x 128 towers, 9 anchors, ReLU); a named preset (``keras_fpn.models.presets``)
+sets the architecture keys (image size, activation, backbone, neck, head,
+anchors; e.g. ReLU6 for the mobile ones) and leaves the rest at these defaults.
 Every check raises ``ConfigError`` naming the key.
 """
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from keras_fpn.tasks import TASK_NAMES, get_task
@@ -316,6 +319,15 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    @classmethod
+    def from_yaml(cls, path_or_name: str | os.PathLike,
+                  overrides: Sequence[str] | Mapping[str, object] | None = None) -> Config:
+        """A config from a YAML file, or from a shipped config by name (``keras-fpn configs`` lists them),
+        plus ``overrides``: ``["train.epochs=5"]`` or ``{"train.epochs": 5}`` (``keras_fpn.config.shipped``)."""
+        from keras_fpn.config.shipped import load_path_or_name
+
+        return load_path_or_name(path_or_name, overrides)
 
     def __post_init__(self):
         allowed = get_task(self.model.task).checkpoint_metrics

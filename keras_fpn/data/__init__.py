@@ -35,8 +35,8 @@ _LAZY = {
 
 __all__ = ["DataError", "DataIssue", "DetectionDataset", "DetectionRecord", "FORMATS", "LabelMap",
            "detect_format", "drop_undecodable", "generate_synthetic_coco", "include_images", "load_datasets",
-           "load_eval_split", "load_image", "load_split", "read_coco", "read_dataset", "read_image_info", "read_voc", "read_yolo",
-           "verify_images", *_LAZY]
+           "load_eval_split", "load_image", "load_split", "read_coco", "read_dataset", "read_image_info",
+           "read_voc", "read_yolo", "verify_images", *_LAZY]
 
 
 def __getattr__(name):

@@ -345,14 +345,14 @@ def include_images(dataset: DetectionDataset, include: PathLike) -> DetectionDat
         raise DataError(f"{include}: a CSV include list needs a 'filename' column")
     else:
         names = {os.path.basename(line.strip()) for line in lines}
-    have = {os.path.basename(r.image_path): i for i, r in enumerate(dataset.records)}
-    missing = sorted(names - set(have))
+    base = [os.path.basename(r.image_path) for r in dataset.records]
+    missing = sorted(names - set(base))
     if names and len(missing) == len(names):
         raise DataError(f"{include}: none of its {len(names)} image names are in {dataset.source}")
     if missing:
         logger.warning("%s: %d listed image(s) not in the dataset (skipped or absent), e.g. %s",
                        include, len(missing), missing[0])
-    return dataset.subset(sorted(have[n] for n in names if n in have))
+    return dataset.subset([i for i, name in enumerate(base) if name in names])  # every record of a listed name
 
 
 def _decode_check(dataset: DetectionDataset, strict: bool):

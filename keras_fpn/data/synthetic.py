@@ -312,8 +312,3 @@ def generate_synthetic_coco(out_dir: PathLike, num_train: int = 2000, num_val: i
     return result
 
 
-def default_synthetic_dir(root: Optional[PathLike] = None) -> str:
-    """Folder for the default synthetic dataset (``$KERAS_FPN_CACHE`` or ~/.cache/keras_fpn)."""
-    base = root or os.environ.get("KERAS_FPN_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "keras_fpn")
-    return os.path.join(os.fspath(base), "synthetic_shapes")

@@ -17,14 +17,11 @@ class Task:
         name: the ``model.task`` value.
         checkpoint_metrics: the ``train.checkpoint_metric`` values this task logs
             (higher is better except ``val_loss``).
-        edge_runner: the ``fpn_edge`` runner class that runs its exports
-            (``Detector``, ``Segmenter``); the .tflite metadata's ``task`` selects it there.
         can_predict: ``keras-fpn predict`` supports it (else ``predict_hint`` says what to use).
     """
 
     name: str = ""
     checkpoint_metrics: tuple = ()
-    edge_runner: str = ""
     can_predict: bool = False
     predict_hint: str = ""
 

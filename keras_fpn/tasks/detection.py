@@ -23,7 +23,6 @@ def matcher_options(cfg) -> dict:
 class DetectionTask(Task):
     name = "detection"
     checkpoint_metrics = ("val_AP", "val_loss")
-    edge_runner = "Detector"
     can_predict = True
 
     def build_model(self, model_cfg, *, ns, batch_size, backbone_weights):

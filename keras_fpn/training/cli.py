@@ -12,11 +12,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def _cmd_train(args) -> int:
-    from keras_fpn.config import load_config
+    from keras_fpn.config import Config
     from keras_fpn.tasks import get_task
     from keras_fpn.training.train import train
 
-    cfg = load_config(args.config, args.set or [])
+    cfg = Config.from_yaml(args.config, args.set or [])
     run_dir = args.run_dir or os.path.join("runs", Path(args.config).stem)
     print(f"training {args.config} -> {run_dir}")
     result = train(cfg, run_dir, verbose=1 if not args.quiet else 2, force=args.force)
@@ -28,21 +28,16 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from fpn_edge.atomic import check_writable
-    from keras_fpn.data.splits import load_eval_split
-    from keras_fpn.rundir import open_run, write_text_atomic
+    from fpn_edge.atomic import check_writable, write_text_atomic
+    from keras_fpn.api import Run
     from keras_fpn.tasks import get_task
-    from keras_fpn.training.checkpoints import build_run_model
 
-    run = open_run(args.run)
-    cfg = run.config
+    run = Run(args.run)
     out = check_writable(args.out if args.out else run.path / f"eval_{args.which}.json")
-    dataset = load_eval_split(cfg, args.data, args.include, labels=run.labels, where=args.run)
-    task = get_task(cfg.model.task)
-    metrics = task.evaluate(build_run_model(run, which=args.which), dataset, cfg, progress=True,
-                            boundary_tolerance=args.boundary_tolerance)
-    print(task.format_metrics(metrics))
-    write_text_atomic(out, json.dumps({"checkpoint": args.which, "images": len(dataset), **metrics}, indent=2))
+    metrics = run.evaluate(args.data, include=args.include, which=args.which, progress=True,
+                           boundary_tolerance=args.boundary_tolerance)
+    print(get_task(run.config.model.task).format_metrics(metrics))
+    write_text_atomic(out, json.dumps({"checkpoint": args.which, **metrics}, indent=2))
     print(f"written {out}")
     return 0
 
@@ -94,7 +89,7 @@ def _cmd_predict(args) -> int:
 def add_training_commands(sub) -> None:
     p = sub.add_parser("train", help="train a detector from a YAML config into a run directory",
                        description="Train with Model.fit. Rerunning the same command resumes a killed run.")
-    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("config", help="YAML config file, or the name of a shipped config (`keras-fpn configs`)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--run-dir", help="output run directory (default runs/<config name>)")

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import keras
 
+from fpn_edge.atomic import write_text_atomic
 from keras_fpn.config import Config, config_yaml
 from keras_fpn.data.dataset import drop_undecodable
 from keras_fpn.data.splits import load_datasets
 from keras_fpn.models.factory import build_model
 from keras_fpn.rundir import (FINGERPRINT, RunDirError, discard_training, fingerprint_differences, read_labels,
-                              save_labels, with_num_classes, write_fingerprint, write_text_atomic)
+                              save_labels, with_num_classes, write_fingerprint)
 from keras_fpn.tasks import get_task
 from keras_fpn.training.callbacks import EvalCheckpoint, HistoryCSV
 from keras_fpn.training.checkpoints import BackupEveryStepsAndEpoch, complete_pair, load_checkpoint, read_backup

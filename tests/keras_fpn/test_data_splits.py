@@ -106,6 +106,20 @@ def test_load_datasets_refuses_val_classes_that_differ(tmp_path):
         load_datasets(config_from_dict({}))
 
 
+def test_records_sharing_a_listed_base_name_are_all_kept():
+    """train/0001.jpg and val/0001.jpg in one dataset: a list naming 0001.jpg keeps both records."""
+    records = [DetectionRecord(f"/data/{d}/0001.jpg", 100, 80, [[0.1, 0.1, 0.5, 0.5]], [0], None, None, k + 1)
+               for k, d in enumerate(["train", "val", "test"])]
+    ds = DetectionDataset(records[:2] + [DetectionRecord("/data/x/0002.jpg", 100, 80, [[0.1, 0.1, 0.5, 0.5]], [0],
+                                                         None, None, 9)], LabelMap.from_names(["raccoon"]),
+                          source="hand")
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("0001.jpg\n")
+    kept = include_images(ds, f.name)
+    assert [r.image_id for r in kept] == [1, 2]
+
+
 def test_evaluate_and_compare_read_the_val_split_through_the_one_rule(tmp_path, caplog):
     """``load_eval_split``: data.val with data.val_include by default, ``--include`` over it (also
     without ``--data``: it used to be ignored there), ``--data`` without an include list; the run's
