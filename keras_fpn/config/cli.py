@@ -25,11 +25,10 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_migrate(args) -> int:
-    from keras_fpn.config.migrate import migrate_yaml_text
-
     import yaml
 
     from keras_fpn.config import ConfigError
+    from keras_fpn.config.migrate import migrate_yaml_text
 
     path = Path(args.file)
     if not path.is_file():
@@ -49,8 +48,6 @@ def _cmd_migrate(args) -> int:
     if not args.in_place:
         sys.stdout.write(new)
         return 0
-    import yaml
-
     from fpn_edge.atomic import write_text_atomic
     from keras_fpn.config.loader import config_from_dict
 

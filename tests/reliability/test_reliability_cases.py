@@ -44,6 +44,8 @@ CASES = [
     case("info-preset", K, "info --preset yolo", "--preset", "yolo"),
     case("configs-migrate-missing", K, "configs migrate {root}/nope.yaml", "nope.yaml"),
     case("configs-migrate-bad-yaml", K, "configs migrate {bad_yaml}", "bad_yaml.yaml"),
+    case("configs-show-unknown", K, "configs show no_such_config", "no_such_config"),
+    case("configs-list-extra-argument", K, "configs list extra", "extra"),
     # ---------------------------------------------------------------- data convert / stats / preview / synthetic
     case("convert-missing", K, "data convert {root}/nope.json --out {root}/o.json", "nope.json", "No such file"),
     case("convert-onto-itself", K, "data convert {val_json} --to coco --out {val_json}", "val.json", "input"),
