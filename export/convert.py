@@ -66,7 +66,6 @@ def export_model(run_or_model, mode: str, *, out=None, raw: bool = False, prune:
     from fpn_export.calibration import representative_from_config
     from keras_fpn.rundir import Run, open_run
     from keras_fpn.tasks import get_task
-    from keras_fpn.training.checkpoints import build_run_model
 
     m = get_mode(mode)
     run_dir = None
@@ -75,7 +74,7 @@ def export_model(run_or_model, mode: str, *, out=None, raw: bool = False, prune:
         config = config or run.config
         labels = labels or run.labels
         run_dir = run.path
-        model = build_run_model(run, which=which, batch_size=1)
+        model = run.build_model(which=which, batch_size=1)
     else:
         model = run_or_model
         if config is None or labels is None:

@@ -39,14 +39,10 @@ class Run(rundir.Run):
     @functools.cached_property
     def model(self):
         """The Keras model (detector or segmenter) with the best checkpoint's weights, built once."""
-        from keras_fpn.training.checkpoints import build_run_model
-
-        return build_run_model(self, which="best")
+        return self.build_model(which="best")
 
     def _checkpoint_model(self, which: str):
-        from keras_fpn.training.checkpoints import build_run_model
-
-        return self.model if which == "best" else build_run_model(self, which=which)
+        return self.model if which == "best" else self.build_model(which=which)
 
     def evaluate(self, data: str | os.PathLike | None = None, *, include: str | os.PathLike | None = None,
                  which: str = "best", progress: bool = False, boundary_tolerance: int | None = None) -> dict:

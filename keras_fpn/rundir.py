@@ -88,13 +88,22 @@ class Run:
         return p
 
     def build_model(self, *, which: str = "best", batch_size: int | None = None, ns=None):
-        """Rebuild the model (detector or segmenter) from the config and load the ``which`` checkpoint."""
+        """Rebuild the model (detector or segmenter) from the config and load the ``which`` checkpoint.
+
+        The checkpoint is read back first (``keras_fpn.training.checkpoints.verify_checkpoint``), so a
+        missing, truncated or mismatched checkpoint is one ``RunDirError`` naming the file, for every
+        command that opens a run (evaluate, predict, export, compare, the API)."""
         import keras
 
         from keras_fpn.models.factory import build_model
+        from keras_fpn.training.checkpoints import first_line, verify_checkpoint
 
+        path = verify_checkpoint(self.weights(which))
         model = build_model(self.config.model, ns=ns or keras, batch_size=batch_size, backbone_weights=None)
-        model.load_weights(self.weights(which))
+        try:
+            model.load_weights(path)
+        except (OSError, ValueError) as e:
+            raise RunDirError(f"{path}: the checkpoint does not fit the run's config.yaml ({first_line(e)})") from None
         return model
 
 

@@ -189,11 +189,10 @@ def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, be
     from fpn_edge.machine import cpu_name
     from fpn_export.convert import export_model
 
-    from keras_fpn.training.checkpoints import build_run_model
 
     checkpoint = run.weights("best")
     log(f"[1/{steps}] float Keras model on {len(dataset)} images")
-    model = build_run_model(run, which="best", batch_size=1)
+    model = run.build_model(which="best", batch_size=1)
     float_metrics, float_results = task.evaluate_keras(model, dataset, cfg)
     rows = [_row(task, "float (Keras)", checkpoint, float_metrics, float_metrics,
                  keras_latency_ms(model, cfg.model.image_size, runs=min(bench_runs, 20), traced=True),

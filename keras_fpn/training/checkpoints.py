@@ -30,7 +30,8 @@ KERAS_WEIGHTS_MEMBER = "model.weights.h5"
 BACKUP_METADATA = "training_metadata.json"
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An exception's message on one line (whitespace runs folded), or its type name."""
     text = " ".join(str(e).split())
     return text or type(e).__name__
 
@@ -78,7 +79,7 @@ def verify_checkpoint(path, *, what: str = "checkpoint") -> Path:
         else:
             _read_h5(path)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise RunDirError(f"{path}: the {what} is truncated or corrupt ({_first_line(e)})") from None
+        raise RunDirError(f"{path}: the {what} is truncated or corrupt ({first_line(e)})") from None
     return path
 
 
@@ -88,7 +89,7 @@ def load_checkpoint(model, path, *, what: str = "checkpoint") -> None:
     try:
         model.load_weights(path)
     except (OSError, ValueError) as e:
-        raise RunDirError(f"{path}: the {what} does not fit this model ({_first_line(e)})") from None
+        raise RunDirError(f"{path}: the {what} does not fit this model ({first_line(e)})") from None
 
 
 def save_checkpoint(model, path) -> Path:
@@ -143,7 +144,7 @@ def read_backup(backup_dir) -> dict | None:
         meta = json.loads(path.read_text())
         int(meta["epoch"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RunDirError(f"{path}: the training backup is unreadable ({_first_line(e)}); delete "
+        raise RunDirError(f"{path}: the training backup is unreadable ({first_line(e)}); delete "
                           f"{path.parent} to restart the interrupted epoch from last.weights.h5") from None
     return meta
 
@@ -213,13 +214,3 @@ class BackupEveryStepsAndEpoch(keras.callbacks.BackupAndRestore):
         for old in self.folder.glob("*.weights.h5"):
             if old.name != name:
                 old.unlink(missing_ok=True)
-
-
-def build_run_model(run, *, which: str = "best", batch_size: int | None = None, ns=None):
-    """``run.build_model(...)`` (``keras_fpn.rundir.Run``) with the checkpoint read back first, so that a
-    missing, truncated or mismatched checkpoint is one error naming the file."""
-    path = verify_checkpoint(run.weights(which))
-    try:
-        return run.build_model(which=which, batch_size=batch_size, ns=ns)
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{path}: the checkpoint does not fit the run's config.yaml ({_first_line(e)})") from None

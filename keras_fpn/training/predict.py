@@ -66,9 +66,8 @@ def predict_images(run, paths, out, *, threshold: float, max_detections: int, wh
     from fpn_edge.atomic import atomic_path, write_text_atomic
     from fpn_edge.draw import draw_detections
     from keras_fpn.data.images import DataError, load_image
-    from keras_fpn.training.checkpoints import build_run_model
 
-    model = build_run_model(run, which=which)
+    model = run.build_model(which=which)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     all_dets, errors = {}, []
