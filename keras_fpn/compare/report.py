@@ -219,7 +219,7 @@ def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, be
         results[mode] = res
     rows += [by_mode[m] for m in modes]
     report = {"run": str(run.path), "task": task.task, "metric": task.metric,
-              "dataset": {"source": str(dataset.source), "images": len(dataset)},
+              "dataset": {"source": str(dataset.source), "images": len(dataset)}, "resize": cfg.model.resize,
               "cpu": cpu_name(), "threads": threads, "variants": rows,
               "rules": dict(task.rules)}
     return report, results
@@ -281,7 +281,8 @@ def format_report(report: dict) -> str:
     files = plot_files(task)
     images = " ".join(f"![{title}]({file})" for title, file in files[:-1])
     rules = report.get("rules", task.rules)
-    before = (f"Validation set: {report['dataset']['source']} ({report['dataset']['images']} images). "
+    before = (f"Validation set: {report['dataset']['source']} ({report['dataset']['images']} images), "
+              f"model input {report.get('resize', 'letterbox')} (`model.resize`). "
               f"CPU: {report['cpu']}. TFLite variants run through fpn_edge (XNNPACK, {report['threads']} threads); "
               f"latency is end to end per image (preprocess + invoke + {task.postprocess}); the float Keras "
               "row times the model alone (tf.function, TensorFlow). " + task.method.format(**rules))
