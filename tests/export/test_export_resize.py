@@ -45,8 +45,9 @@ def test_calibration_images_follow_the_resize(raccoon_dir):
 
 @pytest.mark.slow
 def test_stretch_export_matches_keras_predict(tmp_path, mobilenet_v2_weights, raccoon_dir):
-    """The tiny detector exported fp32 (raw: numpy decode = keras_fpn's) with ``model.resize: stretch``: fpn_edge reads the mode from the file
-    and gives Keras predict's detections on a non-square photo (pixels)."""
+    """The tiny detector exported fp32 (raw: fpn_edge's numpy decode = keras_fpn's) with ``model.resize:
+    stretch``: fpn_edge reads the mode from the file and gives Keras predict's detections on a non-square
+    photo (pixels)."""
     from fpn_edge import Detector
     from fpn_export.detection import export_detector
     from keras_fpn.data.images import load_image
