@@ -6,13 +6,14 @@
         --set model.resize=$m --set train.epochs=12 --set train.eval_every=0
     done
     python benchmarks/resize_modes.py --run letterbox=runs/resize_letterbox --run stretch=runs/resize_stretch
+    # repeat --run per mode for more seeds (--set train.seed=1): the table adds the mean per mode
 
 For each run the best checkpoint is evaluated (pycocotools, the run's held-out split) with the
 preprocessing it was trained with, and with the other one: a letterbox model fed stretched images is
 what MediaPipe / the TFLite Task Library do to it (they stretch every image to the input size), a
 stretch model fed letterboxed images is what fpn-edge did before ``input.resize``. Writes
 ``benchmarks/results/resize_modes.{md,json}`` and each run's resolved config (data paths written as
-``${KERAS_FPN_DATA}``) as ``benchmarks/results/resize_modes/<mode>.yaml``.
+``${KERAS_FPN_DATA}``) as ``benchmarks/results/resize_modes/<run dir name>.yaml``.
 """
 from __future__ import annotations
 
@@ -64,19 +65,28 @@ def write_config(run_dir: Path, dest: Path) -> None:
     write_text_atomic(dest, text)
 
 
+def mean_metrics(runs: list, fed: str) -> dict:
+    """The mean of each metric over the runs of one mode, fed ``fed``."""
+    return {k: sum(run["fed"][fed][k] for run in runs) / len(runs) for k in METRICS}
+
+
 def render(r: dict) -> str:
     from benchmarks.machine import machine_line
 
     lines = ["# Letterbox vs stretch (`model.resize`) on the raccoon photos", "",
              f"{r['date']}, {machine_line(r['machine'])}.", "", r["budget"], "",
-             "| trained with | fed with | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+             "| trained with | run | fed with | " + " | ".join(METRICS) + " |",
+             "|---|---|---|" + "---|" * len(METRICS)]
     for mode in MODES:
-        res = r["runs"][mode]
-        for fed in MODES:
-            m = res["fed"][fed]
+        runs = r["runs"][mode]
+        rows = [(run["label"], fed, run["fed"][fed]) for fed in MODES for run in runs]
+        if len(runs) > 1:
+            rows += [(f"mean of {len(runs)}", fed, mean_metrics(runs, fed)) for fed in MODES]
+        for label, fed, m in rows:
             mark = "**" if fed == mode else ""
-            lines.append(f"| {mode} | {mark}{fed}{mark} | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |")
-    aspects = r["runs"][MODES[0]]["aspect_w_over_h"]
+            lines.append(f"| {mode} | {label} | {mark}{fed}{mark} | "
+                         + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |")
+    aspects = r["runs"][MODES[0]][0]["aspect_w_over_h"]
     lines += ["", f"Held-out images: {len(aspects)}, width / height from {aspects[0]} to {aspects[-1]} "
               f"(median {aspects[len(aspects) // 2]}); {sum(abs(a - 1) > 0.05 for a in aspects)} of them are "
               "not square within 5 %.", "", r.get("notes", ""), ""]
@@ -87,29 +97,33 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", action="append", default=[], metavar="MODE=DIR", required=True,
-                    help="the run directory trained with model.resize MODE (letterbox and stretch)")
+                    help="a run directory trained with model.resize MODE (repeatable; each mode at least once)")
     ap.add_argument("--budget", default="", help="how the runs were trained (one line for the report)")
     ap.add_argument("--notes", default="", help="free text appended to the report")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "resize_modes"),
                     help="output stem (STEM.md + STEM.json; configs in STEM/)")
     a = ap.parse_args(argv)
-    runs = dict(item.partition("=")[::2] for item in a.run)
+    runs = {}
+    for item in a.run:
+        mode, _, path = item.partition("=")
+        runs.setdefault(mode, []).append(Path(path))
     if sorted(runs) != sorted(MODES):
-        ap.error(f"--run needs one run per mode ({', '.join(MODES)}), got {sorted(runs)}")
+        ap.error(f"--run needs runs of each mode ({', '.join(MODES)}), got {sorted(runs)}")
     from benchmarks.machine import machine_info
     from fpn_edge.atomic import write_text_atomic
 
     out = Path(a.out)
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine_info(), "budget": a.budget, "notes": a.notes,
               "runs": {}}
+    out.mkdir(parents=True, exist_ok=True)
     for mode in MODES:
-        run_dir = Path(runs[mode])
-        res = evaluate_run(run_dir, print)
-        if res["trained"] != mode:
-            ap.error(f"{run_dir}: trained with model.resize {res['trained']}, not {mode}")
-        result["runs"][mode] = res
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, out / f"{mode}.yaml")
+        for run_dir in runs[mode]:
+            res = evaluate_run(run_dir, print)
+            if res["trained"] != mode:
+                ap.error(f"{run_dir}: trained with model.resize {res['trained']}, not {mode}")
+            res["label"] = run_dir.name
+            result["runs"].setdefault(mode, []).append(res)
+            write_config(run_dir, out / f"{run_dir.name}.yaml")
     write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=2))
     write_text_atomic(out.with_suffix(".md"), render(result))
     print(f"-> {out.with_suffix('.md')}")

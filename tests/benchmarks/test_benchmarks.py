@@ -80,10 +80,14 @@ def test_resize_modes_table_marks_the_matching_preprocessing():
                 "stretch": {k: ap_st for k in resize_modes.METRICS}}
 
     aspects = [0.75, 1.0, 1.333]
+    lb = {"trained": "letterbox", "label": "lb", "aspect_w_over_h": aspects, "fed": fed(0.4, 0.3)}
     r = {"date": "2026-12-07", "machine": MACHINE, "budget": "12 epochs", "notes": "",
-         "runs": {"letterbox": {"trained": "letterbox", "aspect_w_over_h": aspects, "fed": fed(0.4, 0.3)},
-                  "stretch": {"trained": "stretch", "aspect_w_over_h": aspects, "fed": fed(0.2, 0.45)}}}
+         "runs": {"letterbox": [lb],
+                  "stretch": [{"trained": "stretch", "label": label, "aspect_w_over_h": aspects, "fed": fed(a, b)}
+                              for label, a, b in (("s0", 0.2, 0.45), ("s1", 0.3, 0.35))]}}
     md = resize_modes.render(r)
-    assert "| letterbox | **letterbox** | 0.400 |" in md and "| letterbox | stretch | 0.300 |" in md
-    assert "| stretch | letterbox | 0.200 |" in md and "| stretch | **stretch** | 0.450 |" in md
+    assert "| letterbox | lb | **letterbox** | 0.400 |" in md and "| letterbox | lb | stretch | 0.300 |" in md
+    assert "| stretch | s0 | letterbox | 0.200 |" in md and "| stretch | s1 | **stretch** | 0.350 |" in md
+    assert "| stretch | mean of 2 | **stretch** | 0.400 |" in md and "| stretch | mean of 2 | letterbox | 0.250 |" in md
+    assert "mean of 1" not in md
     assert "width / height from 0.75 to 1.333 (median 1.0); 2 of them are not square" in md
