@@ -57,8 +57,8 @@ instead::
       "segmentation": {"background_id": 0,   # the channel that means "no object"
                        "ignore_label": 255}  # class-map value of unlabelled pixels (training)
 
-The prediction is the argmax over K of the logits, cropped to the letterboxed
-content and mapped back to the original image (``fpn_edge.segmenter``).
+The prediction is the argmax over K of the logits, cropped to the image's
+content (``input.resize``) and mapped back to the original image (``fpn_edge.segmenter``).
 """
 from __future__ import annotations
 
