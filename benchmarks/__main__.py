@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras_fpn  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
-    from fpn_export.convert import MODES
+    from fpn_export.modes import MODES
     from keras_fpn.models.presets import PRESETS
 
     from benchmarks.machine import machine_info

@@ -18,7 +18,7 @@ def main(argv=None) -> int:
 
     rc = edge_main(argv)
     if rc == 0 and "--out" in argv:
-        from benchmarks.machine import vm_status
+        from fpn_edge.machine import vm_status
 
         out = Path(argv[argv.index("--out") + 1])
         data = json.loads(out.read_text())

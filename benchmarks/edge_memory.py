@@ -29,7 +29,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import loadavg, machine_info, machine_line, peak_rss_mb, rss_mb  # noqa: E402
+from benchmarks.machine import machine_info, machine_line  # noqa: E402
+from fpn_edge.machine import loadavg, peak_rss_mb, rss_mb  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SMALL_PRESET = "retinanet_mobilenetv2_fpn"

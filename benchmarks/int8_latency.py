@@ -38,51 +38,40 @@ import dataclasses
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-#: flags that decide XNNPACK's int8 / fp32 kernels (x86: AVX2/FMA, AVX-512, VNNI; arm64: dot product, i8mm)
-INT8_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-              "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+from fpn_edge.machine import cpu_flags, cpu_name, has_int8_dot_product, int8_flags, loadavg, lscpu
+
+#: the flags this report lists: ``fpn_edge.machine.INT8_FLAGS`` plus f16c (fp16 conversion) and avx512vl
+#: (which XNNPACK's AVX-512 kernels need besides avx512f/avx512bw)
+REPORT_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+                "amx_int8", "asimd", "asimddp", "i8mm", "sve")
 
 
 # --------------------------------------------------------------------------- machine
 
 def machine() -> dict:
-    """CPU model, int8-relevant flags, core count, load, library versions."""
-    info = {}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        info = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in out.splitlines() if ":" in ln)}
-    except (OSError, subprocess.SubprocessError):
-        pass
-    flags = info.get("Flags", "").split()
-    if not flags:
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.lower().startswith(("flags", "features")):
-                    flags = line.split(":", 1)[1].split()
-                    break
-        except OSError:
-            pass
+    """CPU model, int8-relevant flags, core count, load (``fpn_edge.machine``), library versions."""
     from importlib import metadata
 
+    info = lscpu()
+    flags = cpu_flags()
     versions = {}
     for dist in ("ai-edge-litert", "tensorflow", "numpy"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
-    return {"model_name": info.get("Model name") or platform.processor() or platform.machine(),
+    return {"model_name": cpu_name(info),
             "vendor": info.get("Vendor ID"), "cpu_family": info.get("CPU family"), "model": info.get("Model"),
             "hypervisor": info.get("Hypervisor vendor"), "cpus": os.cpu_count(),
-            "int8_flags": [f for f in INT8_FLAGS if f in flags],
-            "int8_dot_product": any(f in flags for f in ("avx512_vnni", "avx_vnni", "asimddp")),
-            "all_flags": flags, "loadavg_start": os.getloadavg(), "machine": platform.machine(),
+            "int8_flags": int8_flags(flags, REPORT_FLAGS),
+            "int8_dot_product": has_int8_dot_product(flags),
+            "all_flags": flags, "loadavg_start": loadavg(), "machine": platform.machine(),
             "versions": versions}
 
 
@@ -542,7 +531,7 @@ def main(argv=None) -> int:
     if not args.no_micro:
         print("single convolutions ...", flush=True)
         res["conv_micro"] = conv_micro(Path(args.work), reps=max(50, args.op_reps))
-    res["loadavg_end"] = os.getloadavg()
+    res["loadavg_end"] = loadavg()
     md = markdown(res)
     print(md)
     if args.json:

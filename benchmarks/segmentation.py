@@ -105,21 +105,21 @@ def _float_control(run, val, out_dir: Path, threads: int) -> dict:
     from the extra training steps."""
     import tf_keras
 
-    from fpn_export.convert import representative_from_config
-    from fpn_export.qat import freeze_batch_norm
-    from fpn_export.segmentation import export_segmenter, seg_train_data_from_config, tf_keras_seg_losses
+    from fpn_export.calibration import representative_from_config, train_data_from_config
+    from fpn_export.qat import freeze_batch_norm, tf_keras_losses
+    from fpn_export.segmentation import export_segmenter
     from keras_fpn.evaluation.segmentation import evaluate_segmentation, evaluate_tflite
     from keras_fpn.models.twin import build_twin
 
     cfg = run.config
     twin = build_twin(cfg.model, run.build_model(which="best"))
     freeze_batch_norm(twin)
-    losses, weights = tf_keras_seg_losses(cfg)
+    losses, weights = tf_keras_losses(cfg)
     kwargs = {"clipnorm": float(cfg.train.clipnorm)} if cfg.train.clipnorm else {}
     twin.compile(optimizer=tf_keras.optimizers.Adam(float(cfg.export.qat_learning_rate), **kwargs),
                  loss=losses, loss_weights=weights)
     t0 = time.perf_counter()
-    twin.fit(seg_train_data_from_config(cfg).repeat(), steps_per_epoch=cfg.export.qat_steps, epochs=1, verbose=0)
+    twin.fit(train_data_from_config(cfg).repeat(), steps_per_epoch=cfg.export.qat_steps, epochs=1, verbose=0)
     res = {"steps": cfg.export.qat_steps, "fit_s": round(time.perf_counter() - t0, 1),
            "float": _summary(evaluate_segmentation(twin, val, cfg.model))}
     path = export_segmenter(twin, cfg, run.labels, "int8", out=out_dir / "model_float_ft_int8.tflite",
@@ -133,7 +133,8 @@ def main(argv=None) -> int:
 
     from fpn_edge.bench import benchmark
     from fpn_export.convert import export_model
-    from fpn_export.edgetpu import check_edgetpu, op_counts
+    from fpn_export.edgetpu import check_edgetpu
+    from fpn_export.flatbuffer import op_counts
     from keras_fpn.evaluation.segmentation import evaluate_tflite
     from keras_fpn.rundir import open_run
     from keras_fpn.data.splits import load_datasets
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
         if mode == "int8-nearest":
             import keras
 
-            from fpn_export.convert import representative_from_config
+            from fpn_export.calibration import representative_from_config
             from fpn_export.segmentation import export_segmenter
             from keras_fpn.config import replace_dotted
             from keras_fpn.models.factory import build_model

@@ -40,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.machine import loadavg, peak_rss_mb, reset_peak_rss, rss_mb
+from fpn_edge.machine import loadavg, peak_rss_mb, reset_peak_rss, rss_mb
 
 SUITE_SIZE = 320
 ALL_MODES = ("fp32", "fp16", "dynamic", "int8", "int16x8")
@@ -257,10 +257,11 @@ def keras_latency(model, image_size, runs: int) -> dict:
 
 def export_variant(model, cfg, labels, mode: str, out: Path) -> dict:
     """Export ``model`` to ``out`` in ``mode`` with ``fpn_export.convert.export_model``."""
-    from fpn_export.convert import CALIBRATED_MODES, export_model
+    from fpn_export.convert import export_model
+    from fpn_export.modes import MODES
 
     t0 = time.perf_counter()
-    calib = cfg.export.representative_images if mode in CALIBRATED_MODES else None
+    calib = cfg.export.representative_images if MODES[mode].calibrated else None
     path = export_model(model, mode, out=out, config=cfg, labels=labels, representative=calib)
     return {"mode": mode, "file": str(path), "size_bytes": path.stat().st_size,
             "size_mb": path.stat().st_size / 1e6, "export_s": time.perf_counter() - t0,

@@ -1,81 +1,16 @@
 """Latency benchmark of a .tflite model with fpn_edge: percentiles, throughput, memory."""
 from __future__ import annotations
 
-import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from fpn_edge.errors import EdgeError
+from fpn_edge.machine import cpu_name, has_int8_dot_product, int8_flags, peak_rss_mb, rss_mb
 
-__all__ = ["benchmark", "peak_rss_mb", "current_rss_mb", "cpu_name", "cpu_int8_flags", "latency_stats"]
-
-#: CPU flags that decide which XNNPACK int8 kernels run (x86 ``/proc/cpuinfo`` "flags", arm64 "Features").
-#: Without an int8 dot product (AVX-512 VNNI, AVX-VNNI, arm64 asimddp) XNNPACK's int8 convolutions are
-#: not faster than its fp32 ones (benchmarks/results/int8_latency.md).
-INT8_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
-              "asimd", "asimddp", "i8mm", "sve")
-DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "asimddp")
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process in MiB, None where unavailable.
-
-    Linux: ``VmHWM`` of ``/proc/self/status`` (``ru_maxrss`` would report a parent's
-    peak in a process started by a bigger one, e.g. a bench run from a TF process).
-    Elsewhere: ``resource.getrusage``.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
-
-
-def current_rss_mb() -> float | None:
-    """Current resident set size in MiB (Linux ``/proc/self/statm``), None elsewhere."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
-    except (OSError, ValueError, AttributeError, IndexError):
-        return None
-
-
-def cpu_name() -> str:
-    """The CPU model name (``/proc/cpuinfo`` on Linux), else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_int8_flags() -> list:
-    """The int8-relevant ``INT8_FLAGS`` this CPU has (Linux ``/proc/cpuinfo``; [] elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith(("flags", "features")):
-                    have = set(line.split(":", 1)[1].split())
-                    return [flag for flag in INT8_FLAGS if flag in have]
-    except OSError:
-        pass
-    return []
+__all__ = ["benchmark", "latency_stats"]
 
 
 def latency_stats(ms) -> dict:
@@ -146,7 +81,7 @@ def benchmark(model_path, *, threads: int | None = None, delegate: str | None = 
     total = warmup + runs
     for i in range(total):
         if i == warmup:
-            rss_after_warmup = current_rss_mb()
+            rss_after_warmup = rss_mb()
         if det is not None:
             t0 = time.perf_counter()
             _, info = det.preprocess(img)
@@ -166,12 +101,11 @@ def benchmark(model_path, *, threads: int | None = None, delegate: str | None = 
         if progress is not None:
             progress(i + 1, total)
 
-    rss_end = current_rss_mb()  # before the statistics below allocate anything
+    rss_end = rss_mb()  # before the statistics below allocate anything
     latency = {"invoke": latency_stats(invoke_ms)}
     if det is not None:
         latency["end_to_end"] = latency_stats(e2e_ms)
     main = latency.get("end_to_end", latency["invoke"])
-    flags = cpu_int8_flags()
     return {
         "model": str(path),
         "model_size_bytes": path.stat().st_size,
@@ -187,8 +121,8 @@ def benchmark(model_path, *, threads: int | None = None, delegate: str | None = 
         "peak_rss_mb": peak_rss_mb(),
         "rss_mb": {"after_warmup": rss_after_warmup, "end": rss_end},
         "cpu": cpu_name(),
-        "cpu_flags": flags,
-        "int8_dot_product": any(f in flags for f in DOT_PRODUCT_FLAGS),
+        "cpu_flags": int8_flags(),
+        "int8_dot_product": has_int8_dot_product(),
         "machine": platform.machine(),
         "python": platform.python_version(),
     }

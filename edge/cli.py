@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from fpn_edge.atomic import atomic_path, write_json_atomic
 from fpn_edge.errors import EdgeError
-from fpn_edge.atomic import write_bytes_atomic
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -47,17 +45,11 @@ def _error(msg: str) -> None:
     print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
 
 
-def _atomic_write_json(path: Path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
-
-
-def _atomic_save_image(path: Path, pil_image) -> None:
-    import io
-
-    buf = io.BytesIO()
+def _save_image(path: Path, pil_image) -> None:
+    """Save a JPEG (quality 92) or, for any other suffix, a PNG, atomically."""
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    pil_image.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
-    write_bytes_atomic(path, buf.getvalue())
+    with atomic_path(path) as tmp:
+        pil_image.save(tmp, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
 
 
 def _cv2_or_fail(what: str):
@@ -146,44 +138,64 @@ def _run_video(det, kind, src, out_dir: Path, args, used: set) -> dict:
     return entry
 
 
+def _start(runner_class, args) -> tuple:
+    """``(runner, inputs, output folder)`` of a detect / segment command (the folder is created)."""
+    runner = runner_class.from_file(args.model, threads=args.threads, delegate=args.delegate)
+    items = _expand_inputs(args.inputs)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return runner, items, out_dir
+
+
+def _each_input(items: list, run_one, quiet: bool) -> tuple[list, list]:
+    """Run ``run_one(kind, src) -> (entry, log text or None)`` on every input; an ``EdgeError``
+    is one error line and an ``errors`` entry, and the batch goes on. Returns ``(entries, errors)``."""
+    results, errors = [], []
+    for n, (kind, src) in enumerate(items, 1):
+        try:
+            entry, text = run_one(kind, src)
+        except EdgeError as e:
+            _error(str(e))
+            errors.append({"file": str(src), "error": str(e)})
+            continue
+        results.append(entry)
+        if text is not None:
+            _log(f"[{n}/{len(items)}] {src}: {text}", quiet)
+    return results, errors
+
+
 def cmd_detect(args) -> int:
     from fpn_edge.detector import Detector
     from fpn_edge.draw import draw_detections
 
-    det = Detector.from_file(args.model, threads=args.threads, delegate=args.delegate)
-    items = _expand_inputs(args.inputs)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    det, items, out_dir = _start(Detector, args)
     _log(f"{args.model}: {det.output_kind} model, input {det.input_size[0]}x{det.input_size[1]} "
          f"{det.input_dtype.name}, {det.delegate}; {len(items)} input(s)", args.quiet)
-    results, errors, used = [], [], set()
-    for n, (kind, src) in enumerate(items, 1):
-        try:
-            if kind != "image":
-                results.append(_run_video(det, kind, src, out_dir, args, used))
-                continue
-            img = det.load(src)
-            t0 = time.perf_counter()
-            dets = det.detect(img, score_threshold=args.threshold, max_detections=args.max_detections)
-            ms = (time.perf_counter() - t0) * 1e3
-            entry = {"file": str(src), "width": int(img.shape[1]), "height": int(img.shape[0]),
-                     "detections": [d.to_dict() for d in dets]}
-            if not args.no_images:
-                ann_path = _annotated_path(out_dir, Path(src), used)
-                _atomic_save_image(ann_path, draw_detections(img, dets))
-                entry["annotated"] = ann_path.name
-            results.append(entry)
-            _log(f"[{n}/{len(items)}] {src}: {len(dets)} detections ({ms:.1f} ms)", args.quiet)
-        except EdgeError as e:
-            _error(str(e))
-            errors.append({"file": str(src), "error": str(e)})
+    used = set()
+
+    def one(kind, src):
+        if kind != "image":
+            return _run_video(det, kind, src, out_dir, args, used), None
+        img = det.load(src)
+        t0 = time.perf_counter()
+        dets = det.detect(img, score_threshold=args.threshold, max_detections=args.max_detections)
+        ms = (time.perf_counter() - t0) * 1e3
+        entry = {"file": str(src), "width": int(img.shape[1]), "height": int(img.shape[0]),
+                 "detections": [d.to_dict() for d in dets]}
+        if not args.no_images:
+            ann_path = _annotated_path(out_dir, Path(src), used)
+            _save_image(ann_path, draw_detections(img, dets))
+            entry["annotated"] = ann_path.name
+        return entry, f"{len(dets)} detections ({ms:.1f} ms)"
+
+    results, errors = _each_input(items, one, args.quiet)
     report = {"model": str(args.model), "output_kind": det.output_kind, "delegate": det.delegate,
               "labels": det.labels, "score_threshold": args.threshold,
               "box_format": {"box_xyxy": "x1, y1, x2, y2 in original image pixels",
                              "box_yxyx": "ymin, xmin, ymax, xmax normalized to the original image"},
               "images": results, "errors": errors}
     out_json = out_dir / "detections.json"
-    _atomic_write_json(out_json, report)
+    write_json_atomic(out_json, report)
     _log(f"wrote {out_json} ({len(results)} input(s), {len(errors)} error(s))", args.quiet)
     return 2 if errors else 0
 
@@ -203,45 +215,40 @@ def cmd_segment(args) -> int:
     from fpn_edge.draw import draw_segmentation, segmentation_palette
     from fpn_edge.segmenter import Segmenter, class_fractions
 
-    seg = Segmenter.from_file(args.model, threads=args.threads, delegate=args.delegate)
-    items = _expand_inputs(args.inputs)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    seg, items, out_dir = _start(Segmenter, args)
     _log(f"{args.model}: segmentation model, input {seg.input_size[0]}x{seg.input_size[1]} "
          f"{seg.input_dtype.name}, {len(seg.labels)} labels, {seg.delegate}; {len(items)} input(s)", args.quiet)
     palette = segmentation_palette(len(seg.labels), seg.background_id)
     flat_palette = palette.reshape(-1).tolist() + [0] * (768 - palette.size)
-    results, errors, used = [], [], set()
-    for n, (kind, src) in enumerate(items, 1):
-        try:
-            if kind != "image":
-                raise EdgeError(f"{src}: fpn-edge segment takes image files and directories (not {kind} input)")
-            img = seg.load(src)
-            t0 = time.perf_counter()
-            class_map = seg.segment(img)
-            ms = (time.perf_counter() - t0) * 1e3
-            stem = _unique_stem(Path(src).stem, used)
-            overlay_path, mask_path = out_dir / f"{stem}_overlay.png", out_dir / f"{stem}_mask.png"
-            _atomic_save_image(overlay_path, draw_segmentation(img, class_map, seg.labels,
-                                                               background_id=seg.background_id,
-                                                               alpha=args.alpha))
-            mask = Image.fromarray(class_map, mode="P")
-            mask.putpalette(flat_palette)
-            _atomic_save_image(mask_path, mask)
-            fractions = class_fractions(class_map, seg.labels)
-            results.append({"file": str(src), "width": int(img.shape[1]), "height": int(img.shape[0]),
-                            "overlay": overlay_path.name, "mask": mask_path.name, "class_fractions": fractions})
-            top = ", ".join(f"{k} {v:.1%}" for k, v in list(fractions.items())[:4])
-            _log(f"[{n}/{len(items)}] {src}: {top} ({ms:.1f} ms)", args.quiet)
-        except EdgeError as e:
-            _error(str(e))
-            errors.append({"file": str(src), "error": str(e)})
+    used = set()
+
+    def one(kind, src):
+        if kind != "image":
+            raise EdgeError(f"{src}: fpn-edge segment takes image files and directories (not {kind} input)")
+        img = seg.load(src)
+        t0 = time.perf_counter()
+        class_map = seg.segment(img)
+        ms = (time.perf_counter() - t0) * 1e3
+        stem = _unique_stem(Path(src).stem, used)
+        overlay_path, mask_path = out_dir / f"{stem}_overlay.png", out_dir / f"{stem}_mask.png"
+        _save_image(overlay_path, draw_segmentation(img, class_map, seg.labels,
+                                                    background_id=seg.background_id, alpha=args.alpha))
+        mask = Image.fromarray(class_map, mode="P")
+        mask.putpalette(flat_palette)
+        _save_image(mask_path, mask)
+        fractions = class_fractions(class_map, seg.labels)
+        top = ", ".join(f"{k} {v:.1%}" for k, v in list(fractions.items())[:4])
+        return ({"file": str(src), "width": int(img.shape[1]), "height": int(img.shape[0]),
+                 "overlay": overlay_path.name, "mask": mask_path.name, "class_fractions": fractions},
+                f"{top} ({ms:.1f} ms)")
+
+    results, errors = _each_input(items, one, args.quiet)
     report = {"model": str(args.model), "delegate": seg.delegate, "labels": seg.labels,
               "background_id": seg.background_id,
               "mask_format": "palette PNG, pixel value = class id (index into labels), original image size",
               "images": results, "errors": errors}
     out_json = out_dir / "segmentation.json"
-    _atomic_write_json(out_json, report)
+    write_json_atomic(out_json, report)
     _log(f"wrote {out_json} ({len(results)} image(s), {len(errors)} error(s))", args.quiet)
     return 2 if errors else 0
 
@@ -264,7 +271,7 @@ def cmd_bench(args) -> int:
     res = benchmark(args.model, threads=args.threads, delegate=args.delegate, runs=args.runs,
                     warmup=args.warmup, image=args.image, progress=progress)
     if args.out:
-        _atomic_write_json(Path(args.out), res)
+        write_json_atomic(Path(args.out), res)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -288,6 +295,7 @@ def cmd_bench(args) -> int:
 def cmd_info(args) -> int:
     from fpn_edge.interpreter import describe_model
     from fpn_edge.metadata import read_metadata
+    from fpn_edge.runner import runner_class
 
     info = describe_model(args.model)
     try:
@@ -330,11 +338,7 @@ def cmd_info(args) -> int:
                 f"input    {meta['input']['height']}x{meta['input']['width']}, {norm['channel_order']}, "
                 f"mean {norm['mean']}, std {norm['std']}",
                 f"labels   ({len(meta['labels'])}) {', '.join(meta['labels'])}"]
-        if meta["task"] == "segmentation":
-            out.append(f"segmentation {json.dumps(meta['segmentation'])}")
-        else:
-            out += [f"box coder scale factors {meta['box_coder']['scale_factors']}",
-                    f"nms      {json.dumps(meta['nms'])}"]
+        out += runner_class(meta["task"]).describe_meta(meta)
         if info["anchors"]:
             out.append(f"anchors  {info['anchors']['count']}")
         if meta.get("config"):

@@ -26,13 +26,14 @@ contiguous class id (0..C-1), ``label`` its name from the metadata.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from fpn_edge.errors import EdgeError
-from fpn_edge.interpreter import LoadedInterpreter
+from fpn_edge.interpreter import LoadedInterpreter, ops_details
 from fpn_edge.runner import ModelRunner, dequantize
 
 __all__ = ["Detector", "Detection", "pin_cpu_kernel_threads"]
@@ -62,13 +63,6 @@ class Detection:
 def _trailing_int(name: str, default: int = 0) -> int:
     m = re.search(r"(\d+)$", name)
     return int(m.group(1)) if m else default
-
-
-def _ops_details(interp) -> list:
-    try:
-        return list(interp._get_ops_details())
-    except Exception:  # older tflite-runtime builds lack it
-        return []
 
 
 def _signature_outputs(interp) -> list:
@@ -117,7 +111,7 @@ def _map_postprocess_outputs(interp, outputs: list, where) -> dict:
     """Map boxes/classes/scores/num_detections to output tensor indices."""
     out_idx = {d["index"] for d in outputs}
     # 1. The op's own output list is in its documented order (boxes, classes, scores, count).
-    for op in _ops_details(interp):
+    for op in ops_details(interp) or []:
         if op.get("op_name") == POSTPROCESS_OP:
             idx = [int(i) for i in op["outputs"]]
             if len(idx) == 4 and set(idx) <= out_idx:
@@ -180,6 +174,7 @@ class Detector(ModelRunner):
     """
 
     task = "detection"
+    command = "detect"
 
     def __init__(self, loaded: LoadedInterpreter, meta: dict, anchors: np.ndarray | None):
         super().__init__(loaded, meta)
@@ -209,6 +204,12 @@ class Detector(ModelRunner):
     @classmethod
     def _create(cls, loaded, meta, anchors):
         return cls(loaded, meta, anchors)
+
+    @staticmethod
+    def describe_meta(meta: dict) -> list:
+        """``fpn-edge info`` lines: the box coder's scale factors and the NMS settings."""
+        return [f"box coder scale factors {meta['box_coder']['scale_factors']}",
+                f"nms      {json.dumps(meta['nms'])}"]
 
     def _read_outputs(self) -> dict:
         return {k: dequantize(self._interp.get_tensor(i), self._out_details[i])

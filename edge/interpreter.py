@@ -33,7 +33,7 @@ EDGETPU_LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib",
 PIP_HINT = "pip install ai-edge-litert  (or, where no wheel exists: pip install tflite-runtime)"
 
 __all__ = ["load_interpreter", "interpreter_backend", "parse_delegate", "check_tflite_file",
-           "describe_model", "DelegateSpec", "LoadedInterpreter"]
+           "check_tflite_bytes", "ops_details", "describe_model", "DelegateSpec", "LoadedInterpreter"]
 
 
 def interpreter_backend():
@@ -98,8 +98,18 @@ def parse_delegate(spec: str | None) -> DelegateSpec:
                     "or a delegate library path")
 
 
+def check_tflite_bytes(data: bytes, where) -> None:
+    """Check that ``data`` (a whole model or its first 8 bytes) starts like a TFLite flatbuffer.
+
+    Raises:
+        EdgeError: naming ``where``, when there is no ``TFL3`` file identifier at bytes 4..8.
+    """
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        raise EdgeError(f"{where}: not a TFLite model (no 'TFL3' file identifier)")
+
+
 def check_tflite_file(path) -> Path:
-    """Check that ``path`` exists and starts like a TFLite flatbuffer.
+    """Check that ``path`` exists and starts like a TFLite flatbuffer (:func:`check_tflite_bytes`).
 
     Raises:
         EdgeError: missing file, a directory, or no ``TFL3`` identifier at bytes 4..8.
@@ -114,8 +124,7 @@ def check_tflite_file(path) -> Path:
             head = f.read(8)
     except OSError as e:
         raise EdgeError(f"{path}: cannot read model file ({e.strerror or e})") from None
-    if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
-        raise EdgeError(f"{path}: not a TFLite model (no 'TFL3' file identifier)")
+    check_tflite_bytes(head, path)
     return path
 
 
@@ -204,6 +213,19 @@ def load_interpreter(path, *, threads: int | None = None, delegate: str | None =
     return LoadedInterpreter(interp, backend, spec, threads, path)
 
 
+def ops_details(interp) -> list | None:
+    """The operators of an allocated interpreter, in execution order.
+
+    Returns:
+        Dicts with ``op_name``, ``inputs`` and ``outputs`` (tensor indices), or
+        None when the interpreter cannot list them (older tflite-runtime builds).
+    """
+    try:
+        return list(interp._get_ops_details())
+    except Exception:
+        return None
+
+
 def _tensor_info(d: dict) -> dict:
     import numpy as np
 
@@ -233,10 +255,8 @@ def describe_model(path) -> dict:
     """
     loaded = load_interpreter(path, default_delegates=False)
     interp = loaded.interpreter
-    try:
-        ops = [op["op_name"] for op in interp._get_ops_details() if op.get("op_name") != "DELEGATE"]
-    except Exception:
-        ops = None
+    details = ops_details(interp)
+    ops = None if details is None else [op["op_name"] for op in details if op.get("op_name") != "DELEGATE"]
     return {"path": str(loaded.path), "size_bytes": loaded.path.stat().st_size,
             "backend": loaded.backend,
             "inputs": [_tensor_info(d) for d in interp.get_input_details()],

@@ -63,30 +63,64 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from fpn_edge.errors import EdgeError
 from fpn_edge.atomic import write_bytes_atomic
+from fpn_edge.errors import EdgeError
+from fpn_edge.interpreter import check_tflite_bytes
 
 SCHEMA_VERSION = 1
 META_NAME = "fpn_meta.json"
 ANCHORS_NAME = "anchors.npy"
 LABELS_NAME = "labels.txt"
-OUTPUT_KINDS = ("postprocess", "raw")
-#: ``task`` -> the ``output`` kinds it may have
-TASK_OUTPUTS = {"detection": OUTPUT_KINDS, "segmentation": ("logits",)}
 
-__all__ = ["write_metadata", "read_metadata", "strip_metadata", "validate_meta",
-           "SCHEMA_VERSION", "META_NAME", "ANCHORS_NAME", "LABELS_NAME"]
+__all__ = ["write_metadata", "read_metadata", "strip_metadata", "validate_meta", "TaskSchema",
+           "TASK_SCHEMAS", "SCHEMA_VERSION", "META_NAME", "ANCHORS_NAME", "LABELS_NAME"]
 
 
 def _fail(where, what: str):
     raise EdgeError(f"{where}: {what}")
+
+
+def _check_detection(meta: dict, where) -> None:
+    sf = meta["box_coder"].get("scale_factors") if isinstance(meta["box_coder"], dict) else None
+    if sf is None or len(sf) != 4:
+        _fail(where, "metadata 'box_coder.scale_factors' must hold 4 numbers (sy, sx, sh, sw)")
+    nms = meta["nms"]
+    for key in ("score_threshold", "iou_threshold", "max_detections", "max_detections_per_class"):
+        if not isinstance(nms, dict) or key not in nms:
+            _fail(where, f"metadata 'nms' lacks {key!r}")
+
+
+def _check_segmentation(meta: dict, where) -> None:
+    seg = meta["segmentation"]
+    bg = seg.get("background_id") if isinstance(seg, dict) else None
+    if not isinstance(bg, int) or not 0 <= bg < len(meta["labels"]):
+        _fail(where, f"metadata 'segmentation.background_id' must be a label index, got {bg!r}")
+
+
+@dataclass(frozen=True)
+class TaskSchema:
+    """What the metadata of one ``task`` holds besides the common keys (module docstring)."""
+
+    #: top-level keys the task requires
+    keys: tuple
+    #: the ``output`` kinds its models may have
+    outputs: tuple
+    #: ``check(meta, where)``: raises EdgeError for malformed task keys (run after the common checks)
+    check: Callable[[dict, str], None]
+
+
+#: ``task`` -> its :class:`TaskSchema`; each task also has a runner in ``fpn_edge.runner.RUNNERS``
+TASK_SCHEMAS = {
+    "detection": TaskSchema(("box_coder", "nms"), ("postprocess", "raw"), _check_detection),
+    "segmentation": TaskSchema(("segmentation",), ("logits",), _check_segmentation),
+}
 
 
 def validate_meta(meta: dict, where: str = "metadata") -> dict:
@@ -107,15 +141,14 @@ def validate_meta(meta: dict, where: str = "metadata") -> dict:
     for key in ("task", "labels", "input", "output"):
         if key not in meta:
             _fail(where, f"keras-fpn metadata lacks the key {key!r}")
-    task = meta["task"]
-    if task not in TASK_OUTPUTS:
-        _fail(where, f"unsupported task {task!r} (expected one of {', '.join(TASK_OUTPUTS)})")
-    task_keys = ("box_coder", "nms") if task == "detection" else ("segmentation",)
-    for key in task_keys:
+    schema = TASK_SCHEMAS.get(meta["task"])
+    if schema is None:
+        _fail(where, f"unsupported task {meta['task']!r} (expected one of {', '.join(TASK_SCHEMAS)})")
+    for key in schema.keys:
         if key not in meta:
             _fail(where, f"keras-fpn metadata lacks the key {key!r}")
-    if meta["output"] not in TASK_OUTPUTS[task]:
-        _fail(where, f"metadata 'output' must be one of {TASK_OUTPUTS[task]}, got {meta['output']!r}")
+    if meta["output"] not in schema.outputs:
+        _fail(where, f"metadata 'output' must be one of {schema.outputs}, got {meta['output']!r}")
     labels = meta["labels"]
     if not isinstance(labels, list) or not labels or not all(isinstance(s, str) for s in labels):
         _fail(where, "metadata 'labels' must be a non-empty list of strings")
@@ -135,19 +168,7 @@ def validate_meta(meta: dict, where: str = "metadata") -> dict:
         _fail(where, f"metadata input size must be positive, got {h}x{w}")
     if order not in ("RGB", "BGR") or len(mean) != 3 or len(std) != 3 or min(std) == 0:
         _fail(where, "metadata normalization must have channel_order RGB|BGR, 3 means, 3 non-zero stds")
-    if task == "segmentation":
-        seg = meta["segmentation"]
-        bg = seg.get("background_id") if isinstance(seg, dict) else None
-        if not isinstance(bg, int) or not 0 <= bg < len(labels):
-            _fail(where, f"metadata 'segmentation.background_id' must be a label index, got {bg!r}")
-        return meta
-    sf = meta["box_coder"].get("scale_factors") if isinstance(meta["box_coder"], dict) else None
-    if sf is None or len(sf) != 4:
-        _fail(where, "metadata 'box_coder.scale_factors' must hold 4 numbers (sy, sx, sh, sw)")
-    nms = meta["nms"]
-    for key in ("score_threshold", "iou_threshold", "max_detections", "max_detections_per_class"):
-        if not isinstance(nms, dict) or key not in nms:
-            _fail(where, f"metadata 'nms' lacks {key!r}")
+    schema.check(meta, where)
     return meta
 
 
@@ -199,8 +220,7 @@ def write_metadata(tflite_path_or_bytes, meta: dict, anchors: np.ndarray | None,
             data = Path(src).read_bytes()
         except OSError as e:
             raise EdgeError(f"{src}: cannot read model file ({e.strerror or e})") from None
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise EdgeError(f"{src}: not a TFLite model (no 'TFL3' identifier)")
+    check_tflite_bytes(data, src)
     meta = dict(meta)
     meta.setdefault("schema_version", SCHEMA_VERSION)
     validate_meta(meta, where=str(out_path))

@@ -3,11 +3,15 @@
 Checks the one ``[1, H, W, 3]`` input against the metadata, keeps the
 preprocessing buffers (allocated once, reused for every frame), letterboxes
 and normalizes images (:mod:`fpn_edge.preprocess`) and quantizes them for
-uint8/int8 inputs. Subclasses map and decode the outputs. ``open_runner``
-picks the subclass from the metadata's ``task``.
+uint8/int8 inputs. Subclasses map and decode the outputs.
+
+The metadata's ``task`` picks the subclass through :data:`RUNNERS`: a task is
+added to fpn_edge by its runner module, one entry there and one in
+``fpn_edge.metadata.TASK_SCHEMAS``.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,10 @@ from fpn_edge.interpreter import LoadedInterpreter, load_interpreter
 from fpn_edge.metadata import read_metadata
 from fpn_edge.preprocess import as_rgb_uint8, letterbox, load_image, normalize, quantize
 
-__all__ = ["ModelRunner", "open_runner", "runner_class", "dequantize"]
+__all__ = ["ModelRunner", "RUNNERS", "open_runner", "runner_class", "dequantize"]
+
+#: metadata ``task`` -> ``"module:class"`` of its runner (a :class:`ModelRunner`), imported on first use
+RUNNERS = {"detection": "fpn_edge.detector:Detector", "segmentation": "fpn_edge.segmenter:Segmenter"}
 
 
 def dequantize(arr: np.ndarray, detail: dict) -> np.ndarray:
@@ -35,6 +42,8 @@ class ModelRunner:
 
     #: the metadata ``task`` a subclass runs
     task = None
+    #: the ``fpn-edge`` command that runs this task's models
+    command = None
 
     def __init__(self, loaded: LoadedInterpreter, meta: dict):
         self._loaded = loaded
@@ -44,10 +53,10 @@ class ModelRunner:
         self.labels = list(meta["labels"])
         self.output_kind = meta["output"]
         where = str(self.path)
-        if self.task is not None and meta["task"] != self.task:
-            command = "segment" if meta["task"] == "segmentation" else "detect"
+        runner = runner_class(meta["task"])
+        if self.task is not None and not isinstance(self, runner):
             raise EdgeError(f"{where}: a {meta['task']} model, not a {self.task} model "
-                            f"(use `fpn-edge {command}`)")
+                            f"(use `fpn-edge {runner.command}`)")
 
         inputs = self._interp.get_input_details()
         if len(inputs) != 1:
@@ -158,14 +167,23 @@ class ModelRunner:
         """Turn the outputs of the last :meth:`invoke` into results for the image ``info`` describes."""
         raise NotImplementedError
 
+    @staticmethod
+    def describe_meta(meta: dict) -> list:  # pragma: no cover - abstract
+        """Lines for ``fpn-edge info`` about the metadata keys of this task."""
+        raise NotImplementedError
 
-def runner_class(task: str):
-    """The runner class of a metadata ``task`` (``Detector`` or ``Segmenter``)."""
-    if task == "segmentation":
-        from fpn_edge.segmenter import Segmenter
-        return Segmenter
-    from fpn_edge.detector import Detector
-    return Detector
+
+def runner_class(task: str) -> type:
+    """The :class:`ModelRunner` subclass of a metadata ``task`` (:data:`RUNNERS`).
+
+    Raises:
+        EdgeError: a task fpn_edge has no runner for.
+    """
+    try:
+        module, _, name = RUNNERS[task].partition(":")
+    except KeyError:
+        raise EdgeError(f"unsupported task {task!r} (expected one of {', '.join(RUNNERS)})") from None
+    return getattr(importlib.import_module(module), name)
 
 
 def open_runner(loaded: LoadedInterpreter, meta: dict, anchors) -> ModelRunner:

@@ -12,6 +12,8 @@ is the same, without a float copy).
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from fpn_edge.errors import EdgeError
@@ -29,6 +31,7 @@ class Segmenter(ModelRunner):
     """
 
     task = "segmentation"
+    command = "segment"
 
     def __init__(self, loaded: LoadedInterpreter, meta: dict):
         super().__init__(loaded, meta)
@@ -41,6 +44,11 @@ class Segmenter(ModelRunner):
                             f"(seg_logits for {k} labels), found {shapes}")
         self._logits_detail = found[0]
         self.background_id = int(meta["segmentation"]["background_id"])
+
+    @staticmethod
+    def describe_meta(meta: dict) -> list:
+        """``fpn-edge info`` lines: the segmentation settings (background id, ignore label)."""
+        return [f"segmentation {json.dumps(meta['segmentation'])}"]
 
     def logits(self) -> np.ndarray:
         """The last :meth:`invoke`'s logits on the canvas, dequantized: float32 ``[H, W, K]``."""

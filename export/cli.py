@@ -13,9 +13,6 @@ import sys
 
 __all__ = ["add_export_command", "run_export", "main"]
 
-_MODES = ("fp32", "fp16", "dynamic", "int8", "int16x8", "qat-int8", "edgetpu")  # = convert.MODES
-
-
 def _sparsity(text: str) -> float:
     try:
         v = float(text)
@@ -38,12 +35,14 @@ def _positive_int(text: str) -> int:
 
 def add_export_command(subparsers) -> argparse.ArgumentParser:
     """Register ``export RUN --mode MODE [...]`` on an ``argparse`` subparsers object."""
+    from fpn_export.modes import MODES, mode_help
+
     p = subparsers.add_parser(
-        "export", help="export a trained run to TFLite (fp32, fp16, dynamic, int8, int16x8, qat-int8, edgetpu)",
+        "export", help=f"export a trained run to TFLite ({', '.join(MODES)})",
         description="Convert a run's checkpoint to a self-describing .tflite (labels, normalization, "
                     "box coder and NMS settings inside). Default output: RUN/model_<mode>.tflite.")
     p.add_argument("run", help="run directory written by `keras-fpn train`")
-    p.add_argument("--mode", required=True, choices=_MODES, help="conversion mode")
+    p.add_argument("--mode", required=True, choices=tuple(MODES), help=f"conversion mode ({mode_help()})")
     p.add_argument("--out", help="output .tflite path (default RUN/model_<mode>[_pruneNN][_raw].tflite)")
     p.add_argument("--raw", action="store_true",
                    help="export raw box_deltas/class_logits instead of the TFLite_Detection_PostProcess op")
@@ -84,8 +83,11 @@ def _apply_overrides(run, overrides):
 def run_export(args) -> int:
     """Handler of ``keras-fpn export``; prints the written path and op summary, returns an exit code."""
     from fpn_edge.errors import EdgeError
-    from fpn_export.convert import ExportError, export_model
-    from fpn_export.edgetpu import check_edgetpu, op_counts
+    from fpn_export.convert import export_model
+    from fpn_export.edgetpu import check_edgetpu
+    from fpn_export.errors import ExportError
+    from fpn_export.flatbuffer import op_counts
+    from fpn_export.modes import MODES
     from keras_fpn.config import ConfigError
     from keras_fpn.rundir import RunDirError, open_run
 
@@ -103,7 +105,7 @@ def run_export(args) -> int:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, mode {args.mode}"
           f"{', raw outputs' if args.raw else ', TFLite_Detection_PostProcess'})")
     print("ops: " + json.dumps(counts))
-    if args.report or args.mode == "edgetpu":
+    if args.report or MODES[args.mode].edgetpu:
         rep = check_edgetpu(path)
         print(f"Edge TPU: {rep.num_edgetpu}/{len(rep.ops)} ops mappable; "
               f"{'clean (CPU tail only)' if rep.clean else 'NOT clean'}; report: "

@@ -38,10 +38,9 @@ from typing import Iterable
 
 import numpy as np
 from fpn_edge.atomic import write_text_atomic
+from fpn_export.flatbuffer import OpInfo, read_graph
 
-__all__ = ["TensorInfo", "OpInfo", "Graph", "read_graph", "op_names", "op_counts",
-           "OpVerdict", "EdgeTpuReport", "check_edgetpu", "SUPPORTED_OPS", "COMPILER_NOTE",
-           "CPU_TAIL_OPS"]
+__all__ = ["OpVerdict", "EdgeTpuReport", "check_edgetpu", "SUPPORTED_OPS", "COMPILER_NOTE", "CPU_TAIL_OPS"]
 
 COMPILER_NOTE = ("Static check against the published Edge TPU op list (compiler v16 docs); "
                  "the Edge TPU compiler itself cannot be installed in this environment, so the "
@@ -103,130 +102,6 @@ CPU_TAIL_OPS = ("TFLite_Detection_PostProcess", "DEQUANTIZE")
 
 _QUANT_TYPES = ("INT8", "UINT8")
 _NO_FUSED_ACTIVATION = ("AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION")
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    """One tensor of the graph."""
-    index: int
-    name: str
-    dtype: str                       # TFLite TensorType name: FLOAT32, INT8, UINT8, INT32, ...
-    shape: tuple
-    shape_signature: tuple           # -1 marks a dynamic dimension
-    constant: bool                   # has data in the flatbuffer (weights, biases, shapes)
-    scales: tuple = ()               # quantization scales (per-channel: several)
-
-    @property
-    def dynamic(self) -> bool:
-        return any(int(d) < 0 for d in self.shape_signature)
-
-
-@dataclasses.dataclass(frozen=True)
-class OpInfo:
-    """One operator, in execution order."""
-    index: int
-    name: str                        # builtin name (CONV_2D) or custom code (TFLite_Detection_PostProcess)
-    version: int
-    custom: bool
-    inputs: tuple                    # TensorInfo (optional inputs, index -1, left out)
-    outputs: tuple
-    options: dict                    # the few builtin options the checks need
-
-    def describe(self) -> str:
-        outs = ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in self.outputs)
-        return f"#{self.index} {self.name} -> {outs}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Graph:
-    """The main subgraph of a .tflite model."""
-    ops: tuple
-    inputs: tuple                    # TensorInfo
-    outputs: tuple
-    tensors: tuple
-
-
-def _load_bytes(model) -> bytes:
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        return bytes(model)
-    path = Path(model)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model file not found")
-    return path.read_bytes()
-
-
-def _enum_names(cls) -> dict:
-    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
-
-
-def read_graph(model) -> Graph:
-    """Parse a .tflite flatbuffer (path or bytes; trailing metadata is ignored) into ``Graph``."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    data = _load_bytes(model)
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ValueError("not a TFLite flatbuffer (no 'TFL3' identifier)")
-    m = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-    if not m.subgraphs:
-        raise ValueError("the model has no subgraph")
-    sg = m.subgraphs[0]
-    op_names_by_code = _enum_names(schema.BuiltinOperator)
-    type_names = _enum_names(schema.TensorType)
-
-    def has_data(buffer_index: int) -> bool:
-        if buffer_index <= 0 or buffer_index >= len(m.buffers):
-            return False
-        buf = m.buffers[buffer_index]
-        return (buf.data is not None and len(buf.data) > 0) or bool(getattr(buf, "offset", 0))
-
-    tensors = []
-    for i, t in enumerate(sg.tensors):
-        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-        shape = tuple(int(d) for d in (t.shape if t.shape is not None else ()))
-        sig = tuple(int(d) for d in (t.shapeSignature if t.shapeSignature is not None else shape))
-        scales = ()
-        if t.quantization is not None and t.quantization.scale is not None:
-            scales = tuple(float(s) for s in np.asarray(t.quantization.scale).reshape(-1))
-        tensors.append(TensorInfo(i, name, type_names.get(t.type, str(t.type)), shape, sig,
-                                  has_data(t.buffer), scales))
-
-    ops = []
-    for k, op in enumerate(sg.operators or []):
-        code = m.operatorCodes[op.opcodeIndex]
-        builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-        custom = builtin == schema.BuiltinOperator.CUSTOM
-        if custom:
-            cc = code.customCode
-            name = cc.decode() if isinstance(cc, bytes) else str(cc)
-        else:
-            name = op_names_by_code.get(builtin, f"BUILTIN_{builtin}")
-        options = {}
-        opt = op.builtinOptions
-        for attr, key in (("fusedActivationFunction", "fused_activation"),
-                          ("dilationHFactor", "dilation_h"), ("dilationWFactor", "dilation_w"),
-                          ("halfPixelCenters", "half_pixel_centers"), ("alignCorners", "align_corners"),
-                          ("strideH", "stride_h"), ("strideW", "stride_w")):
-            if opt is not None and hasattr(opt, attr):
-                options[key] = getattr(opt, attr)
-        if "fused_activation" in options:
-            act_names = _enum_names(schema.ActivationFunctionType)
-            options["fused_activation"] = act_names.get(options["fused_activation"], "?")
-        ins = tuple(tensors[i] for i in (op.inputs if op.inputs is not None else ()) if i >= 0)
-        outs = tuple(tensors[i] for i in (op.outputs if op.outputs is not None else ()) if i >= 0)
-        ops.append(OpInfo(k, name, int(code.version), custom, ins, outs, options))
-    g_in = tuple(tensors[i] for i in (sg.inputs if sg.inputs is not None else ()))
-    g_out = tuple(tensors[i] for i in (sg.outputs if sg.outputs is not None else ()))
-    return Graph(tuple(ops), g_in, g_out, tuple(tensors))
-
-
-def op_names(model) -> list:
-    """Op names of the main subgraph in execution order (builtin names, custom codes)."""
-    return [op.name for op in read_graph(model).ops]
-
-
-def op_counts(model) -> dict:
-    """``{op name: count}`` in first-appearance order."""
-    return dict(Counter(op_names(model)))
 
 
 # --------------------------------------------------------------------------- the check

@@ -6,9 +6,10 @@ sigmoid to the logits and calls a ``tf.function`` whose
 ``experimental_implements`` attribute names ``TFLite_Detection_PostProcess``;
 the TFLite converter replaces that function with the custom op (its body, which
 returns zeros of the output shapes, never runs in TFLite). Convert the result
-with ``tf.lite.TFLiteConverter.from_keras_model(model)`` and
-``converter.allow_custom_ops = True`` (fp32 and full int8 both work; freezing
-or concrete-function conversion does not, see ../shared/DESIGN.md).
+with ``fpn_export.tflite.convert_keras``: a SavedModel of one batch-1 serving
+``tf.function`` converted by ``TFLiteConverter.from_saved_model`` with
+``allow_custom_ops = True``, which keeps the stub as one function call and
+swaps in the op (every mode, float and integer).
 
 The resulting model has the standard SSD detection signature:
 
@@ -23,7 +24,7 @@ interpreter lists the four outputs in an order of its own: map them through the
 op's output list (``fpn_edge.Detector`` does), never by position.
 
 **Call** :func:`patch_postprocess_options` **on the converted bytes**
-(``fpn_export.convert.export_detector`` does). The TF 2.21 converter writes
+(``fpn_export.detection.export_detector`` does). The TF 2.21 converter writes
 only some of the stub's attributes into the op's custom options: it drops
 ``detections_per_class``, and the kernel then caps each class at its default of
 100 instead of ``max_detections_per_class`` (measured: 14 detections of one
@@ -86,6 +87,8 @@ differs from keras_fpn's decode + per-class NMS
 from __future__ import annotations
 
 import numpy as np
+
+from fpn_export.flatbuffer import op_name, read_model, write_model
 
 OP_NAME = "TFLite_Detection_PostProcess"
 OUTPUT_NAMES = ("boxes", "classes", "scores", "num_detections")
@@ -296,16 +299,10 @@ def _flexbuffer_map(values: dict) -> bytes:
 def postprocess_options(tflite_model: bytes) -> list:
     """The custom options of every ``TFLite_Detection_PostProcess`` op in a .tflite, as dicts."""
     from flatbuffers import flexbuffers
-    from tensorflow.lite.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_model))
-    found = []
-    for sg in model.subgraphs:
-        for op in sg.operators:
-            code = model.operatorCodes[op.opcodeIndex]
-            if code.customCode and code.customCode.decode() == OP_NAME:
-                found.append(flexbuffers.Loads(bytes(bytearray(op.customOptions))))
-    return found
+    model = read_model(tflite_model)
+    return [flexbuffers.Loads(bytes(bytearray(op.customOptions)))
+            for sg in model.subgraphs for op in sg.operators if op_name(model, op) == OP_NAME]
 
 
 def patch_postprocess_options(tflite_model: bytes, model=None, **options) -> bytes:
@@ -327,25 +324,22 @@ def patch_postprocess_options(tflite_model: bytes, model=None, **options) -> byt
     Raises:
         ValueError: the model holds no ``TFLite_Detection_PostProcess`` op.
     """
-    from tensorflow.lite.tools import flatbuffer_utils
+    from flatbuffers import flexbuffers
 
     wanted = {}
     if model is not None:
         layer = model.get_layer(LAYER_NAME)
         wanted.update(op_attributes(**{k: layer.attributes[k] for k in _ATTR_ARGS}))
     wanted.update(options)
-    fb = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_model))
-    from flatbuffers import flexbuffers
-
+    fb = read_model(tflite_model)
     patched = 0
     for sg in fb.subgraphs:
         for op in sg.operators:
-            code = fb.operatorCodes[op.opcodeIndex]
-            if code.customCode and code.customCode.decode() == OP_NAME:
+            if op_name(fb, op) == OP_NAME:
                 current = flexbuffers.Loads(bytes(bytearray(op.customOptions)))
                 current.update(wanted)
                 op.customOptions = np.frombuffer(_flexbuffer_map(current), dtype=np.uint8)
                 patched += 1
     if not patched:
         raise ValueError(f"the model has no {OP_NAME} op to patch")
-    return flatbuffer_utils.convert_object_to_bytearray(fb)
+    return write_model(fb)

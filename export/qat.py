@@ -1,7 +1,10 @@
-"""Quantization-aware training and magnitude pruning of the tf_keras twin with tfmot.
+"""The tf_keras graph an export converts: the twin, quantization-aware fine-tuned or pruned with tfmot.
 
-tfmot rejects Keras 3 models (DESIGN decision 2), so both work on the tf_keras
-twin (``keras_fpn.models.twin.build_twin``), which has the trained weights:
+``graph_to_convert`` replaces a Keras 3 model by its tf_keras twin
+(``keras_fpn.models.twin.build_twin``: same builder, the trained weights),
+whose ``UpSampling2D`` lowers to one RESIZE_NEAREST_NEIGHBOR (Keras 3's to
+RESHAPE + TILE + RESHAPE, which the Edge TPU does not map). tfmot rejects
+Keras 3 models, so QAT and pruning also work on the twin:
 
 * **QAT** (``qat-int8``): ``tfmot.quantization.keras.quantize_model`` inserts
   fake-quant ops (per-channel weights, 8-bit activations with learned ranges,
@@ -31,21 +34,22 @@ fine-tuning: the fine-tuning batches (``export.qat_batch_size``, 8 by default)
 are too small to re-estimate them, and re-estimated statistics would move the
 float model the QAT ranges were learned for.
 
-Losses are the training losses (``keras_fpn.ops.losses``: focal loss on
-``class_logits``, Huber on ``box_deltas`` weighted by
-``train.box_loss_weight``), called through plain functions so that tf_keras
-can use them.
+Losses are the task's training losses (``tf_keras_losses``: the Keras 3 loss
+objects of the task, called from tf_keras ``Loss`` wrappers).
 """
 from __future__ import annotations
 
 import logging
 import time
+from typing import Optional
 
 import numpy as np
 
+from fpn_export.errors import ExportError
+
 logger = logging.getLogger("fpn_export")
 
-__all__ = ["optimize_twin", "freeze_batch_norm", "tf_keras_losses", "weight_sparsity",
+__all__ = ["graph_to_convert", "optimize_twin", "freeze_batch_norm", "tf_keras_losses", "weight_sparsity",
            "prune_schedule", "init_qat_ranges"]
 
 
@@ -63,31 +67,30 @@ def freeze_batch_norm(model) -> int:
     return n
 
 
-def tf_keras_losses(train_cfg) -> tuple:
-    """``(losses, loss_weights)`` dicts for ``tf_keras`` ``compile`` from a ``TrainConfig``.
+def tf_keras_losses(config) -> tuple:
+    """``(losses, loss_weights)`` dicts for ``tf_keras`` ``compile``: the task's training losses.
 
-    The functions return the per-sample values of ``keras_fpn.ops.losses``;
-    tf_keras' default ``sum_over_batch_size`` reduction then gives the same
+    Each Keras 3 loss of the task (``keras_fpn.tasks``: ``get_task(...).losses``) is
+    called from a tf_keras ``Loss``; its ``call`` returns the per-sample values,
+    and tf_keras' default ``sum_over_batch_size`` reduction then gives the same
     batch normalization as training.
     """
     import tf_keras
 
-    from keras_fpn.ops.losses import BoxLoss, FocalLoss
+    from keras_fpn.tasks import get_task
 
     class _Wrapped(tf_keras.losses.Loss):
         # A tf_keras Loss subclass, not a plain function: tf_keras' function
         # wrapper squeezes a trailing class dimension of 1 (C == 1) off y_pred.
-        def __init__(self, inner, name):
-            super().__init__(name=name)
+        def __init__(self, inner):
+            super().__init__(name=inner.name)
             self.inner = inner
 
         def call(self, y_true, y_pred):
             return self.inner.call(y_true, y_pred)
 
-    box_loss = _Wrapped(BoxLoss(delta=train_cfg.box_loss_delta), "box_loss")
-    class_loss = _Wrapped(FocalLoss(alpha=train_cfg.focal_alpha, gamma=train_cfg.focal_gamma), "focal_loss")
-    return ({"box_deltas": box_loss, "class_logits": class_loss},
-            {"box_deltas": float(train_cfg.box_loss_weight), "class_logits": 1.0})
+    losses, weights = get_task(config.model.task).losses(config)
+    return ({k: _Wrapped(v) for k, v in losses.items()}, {k: float(w) for k, w in weights.items()})
 
 
 def prune_schedule(sparsity: float, steps: int):
@@ -208,7 +211,7 @@ def _build_before_trace(model, data) -> None:
 def _fit(model, data, *, steps: int, config, callbacks=(), label: str, losses=None):
     import tf_keras
 
-    losses, weights = losses or tf_keras_losses(config.train)
+    losses, weights = losses or tf_keras_losses(config)
     kwargs = {}
     if config.train.clipnorm:
         kwargs["clipnorm"] = float(config.train.clipnorm)
@@ -232,10 +235,10 @@ def optimize_twin(twin, data, *, config, quantize: bool, prune=None, steps=None,
     """Prune and/or quantization-aware fine-tune a tf_keras twin.
 
     Args:
-        twin: the tf_keras detector with the trained weights (any batch size;
+        twin: the tf_keras model with the trained weights (any batch size;
             fine-tuning uses the data's batches).
-        data: ``tf.data.Dataset`` of ``(images, {"box_deltas", "class_logits"})``
-            batches (``keras_fpn.data.pipeline.build_detection_dataset``).
+        data: ``tf.data.Dataset`` of ``(images, targets)`` batches: the task's
+            training pipeline (``fpn_export.calibration.train_data_from_config``).
         config: the resolved ``Config`` (``export.qat_steps``,
             ``export.qat_learning_rate``, ``train`` losses).
         quantize: apply QAT (tfmot ``quantize_model``).
@@ -244,9 +247,8 @@ def optimize_twin(twin, data, *, config, quantize: bool, prune=None, steps=None,
         calibration: images (callable returning an iterable, or an iterable) to
             initialize the QAT activation ranges (``init_qat_ranges``); None
             keeps tfmot's [-6, 6] start.
-        losses: ``(losses, loss_weights)`` for ``compile`` (default: the detection
-            losses of ``tf_keras_losses``; segmentation passes
-            ``fpn_export.segmentation.tf_keras_seg_losses``).
+        losses: ``(losses, loss_weights)`` for ``compile`` (default: the task's
+            training losses, ``tf_keras_losses``).
 
     Returns:
         ``(model, info)``: the tf_keras model to convert (QAT model, or the
@@ -281,3 +283,58 @@ def optimize_twin(twin, data, *, config, quantize: bool, prune=None, steps=None,
             info["qat_ranges_initialized"] = init_qat_ranges(model, float_model, images)
         info["qat_loss"] = _fit(model, data, steps=steps, config=config, label="QAT", losses=losses)
     return model, info
+
+
+def graph_to_convert(model, config, *, via: str = "tf_keras", quantize: bool = False,
+                     prune: Optional[float] = None, train_data=None, representative=None) -> tuple:
+    """The batch-1 graph an export converts: the tf_keras twin, fine-tuned with tfmot for QAT / pruning.
+
+    With ``via="tf_keras"`` a Keras 3 model is replaced by its tf_keras twin.
+    QAT and pruning (``optimize_twin``) need the twin with a free batch
+    dimension (``fit``), so it is built unbatched then, and a batched tf_keras
+    model is rebuilt unbatched; the representative images initialize the QAT
+    activation ranges.
+
+    Args:
+        model: the trained Keras 3 model (any task) or its tf_keras twin.
+        config: the resolved ``Config`` the model was built from.
+        via: ``"tf_keras"`` or ``"keras"`` (convert the Keras 3 model as it is;
+            no QAT / pruning then).
+        quantize: quantization-aware fine-tuning (``qat-int8``).
+        prune: target sparsity, or None.
+        train_data: ``tf.data.Dataset`` of the task's training batches, or a
+            callable returning one (called only when fine-tuning; default:
+            ``fpn_export.calibration.train_data_from_config``).
+        representative: calibration images (as ``fpn_export.tflite.convert_keras``), or None.
+
+    Returns:
+        ``(model with a batch-1 input, its namespace (keras or tf_keras),
+        metadata dict: "via" + the fine-tuning info)``.
+    """
+    import tf_keras
+
+    from fpn_export.tflite import as_batch1, keras_namespace, representative_dataset
+
+    training = quantize or prune is not None
+    what = " and ".join(n for n, on in (("qat-int8", quantize), ("--prune", prune is not None)) if on)
+    if training and via != "tf_keras":
+        raise ExportError(f"{what}: only on the tf_keras twin (tfmot rejects Keras 3 models)")
+    ns = keras_namespace(model)
+    if (via == "tf_keras" and ns is not tf_keras) or (training and model.inputs[0].shape[0] is not None):
+        from keras_fpn.models.twin import build_twin
+
+        model = build_twin(config.model, model, batch_size=None if training else 1)
+        ns = tf_keras
+    extra = {"via": "tf_keras" if ns is tf_keras else "keras"}
+    if training:
+        if train_data is None:
+            from fpn_export.calibration import train_data_from_config
+
+            train_data = train_data_from_config(config)
+        data = train_data() if callable(train_data) else train_data
+        calib = representative_dataset(representative, *config.model.image_size)
+        model, train_info = optimize_twin(
+            model, data, config=config, quantize=quantize, prune=prune,
+            calibration=(lambda: (x[0] for x in calib())) if calib is not None else None)
+        extra.update(train_info)
+    return as_batch1(model), ns, extra

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _export_errors() -> tuple:
     """``fpn_export``'s one-line errors (a RuntimeError subclass), imported only when something failed."""
     try:
-        from fpn_export.convert import ExportError
+        from fpn_export.errors import ExportError
     except ImportError:  # a build without the export part
         return ()
     return (ExportError,)

@@ -23,19 +23,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fpn_edge.atomic import write_text_atomic
 from keras_fpn.config import Config, load_config
 
 
 class RunDirError(ValueError):
     """The run directory is missing a file or is inconsistent."""
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file + rename (never a half file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_labels(path: str | os.PathLike, names) -> None:

@@ -24,12 +24,14 @@ _CACHE: dict = {}
 
 
 def tiny_config(raccoon_dir=None):
-    from keras_fpn.config import Config, DataConfig, ExportConfig, ModelConfig
+    from keras_fpn.config import (BackboneConfig, Config, DataConfig, ExportConfig, HeadConfig, ModelConfig,
+                                  NeckConfig, PostprocessConfig)
 
-    model = ModelConfig(backbone="mobilenetv2", backbone_alpha=0.35, backbone_weights=None,
-                        image_size=SIZE, min_level=3, max_level=7, fpn_width=32, head_width=32,
-                        head_depth=1, num_classes=len(LABELS), score_threshold=0.05,
-                        max_detections=20, max_detections_per_class=20)
+    model = ModelConfig(image_size=SIZE, num_classes=len(LABELS),
+                        backbone=BackboneConfig(name="mobilenetv2", alpha=0.35, weights=None),
+                        neck=NeckConfig(min_level=3, max_level=7, width=32), head=HeadConfig(width=32, depth=1),
+                        postprocess=PostprocessConfig(score_threshold=0.05, max_detections=20,
+                                                      max_detections_per_class=20))
     data = DataConfig(train=str(raccoon_dir) if raccoon_dir else None, cache=False)
     export = ExportConfig(representative_images=4, int8_io="uint8", qat_steps=2,
                           qat_learning_rate=1e-4, qat_batch_size=2)
@@ -97,7 +99,7 @@ def evaluation(raccoon_dir) -> list:
 
 def export(tmp_root: Path, weights_path, raccoon_dir, mode: str, *, raw: bool, **kwargs) -> Path:
     """Export the tiny model once per (mode, raw, kwargs) and return the path."""
-    from fpn_export.convert import export_detector
+    from fpn_export.detection import export_detector
 
     key = ("export", mode, raw, tuple(sorted(kwargs.items())))
     if key not in _CACHE:

@@ -15,16 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: modes whose export fine-tunes (slowest first): the one worth a second process
-SLOWEST_FIRST = ("qat-int8", "edgetpu", "int16x8", "int8", "dynamic", "fp16", "fp32")
-
 
 def pick_background(missing) -> str | None:
-    """The mode to export in the background: the slowest of ``missing`` when there are two or more."""
+    """The mode to export in the background: the slowest of ``missing`` (by the mode table's
+    ``cost``, ``fpn_export.modes.MODES``) when there are two or more."""
+    from fpn_export.modes import MODES
+
     missing = list(missing)
     if len(missing) < 2:
         return None
-    return min(missing, key=lambda m: SLOWEST_FIRST.index(m) if m in SLOWEST_FIRST else len(SLOWEST_FIRST))
+    return max(missing, key=lambda m: MODES[m].cost if m in MODES else 0)
 
 
 class BackgroundExport:
@@ -39,7 +39,7 @@ class BackgroundExport:
 
     def wait(self) -> None:
         """Block until the export ends; raise ``ExportError`` naming the mode and log if it failed."""
-        from fpn_export.convert import ExportError
+        from fpn_export.errors import ExportError
 
         rc = self._proc.wait()
         self._log.close()

@@ -20,12 +20,14 @@ def _cmd_demo(args) -> int:
 
 
 def add_compare_commands(sub) -> None:
+    from fpn_export.modes import MODES
+
     p = sub.add_parser("compare", help="accuracy, latency and size of the float model vs its quantized exports",
                        description="Export (or reuse) each variant, run it through fpn_edge on the val set, and "
                                    "write report.md / report.json / plots.")
     p.add_argument("run", help="run directory of `keras-fpn train`")
     p.add_argument("--modes", default="fp32,int8,qat-int8",
-                   help="comma-separated export modes (fp32, fp16, dynamic, int8, int16x8, qat-int8, edgetpu)")
+                   help=f"comma-separated export modes ({', '.join(MODES)})")
     p.add_argument("--data", help="evaluation dataset (default: the run's data.val)")
     p.add_argument("--include", help="only these images (txt list or csv with a filename column)")
     p.add_argument("--threads", type=int, default=2, help="XNNPACK threads (default 2)")

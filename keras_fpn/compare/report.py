@@ -183,7 +183,8 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
 def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, bench_runs, steps, log):
     """The report's rows (float model first) and each variant's raw results, exporting as needed
     (``paths``: mode -> .tflite path, in report order)."""
-    from fpn_edge.bench import benchmark, cpu_name
+    from fpn_edge.bench import benchmark
+    from fpn_edge.machine import cpu_name
     from fpn_export.convert import export_model
 
     checkpoint = run.weights("best")

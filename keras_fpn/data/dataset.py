@@ -24,14 +24,13 @@ Conventions (stated once for the data package; bad-input handling is in
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import tempfile
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from fpn_edge import atomic
 from keras_fpn.data.images import DataError, PathLike
 from keras_fpn.data.issues import IssueLog
 
@@ -303,22 +302,11 @@ class DetectionDataset:
 
 
 def write_json_atomic(path: PathLike, data: Any) -> None:
-    """Write JSON to a temp file in the same folder, then rename it into place.
+    """Write ``data`` as compact JSON (no spaces, no final newline: annotation files are large).
 
-    Args:
-        path: Destination file; an existing file is only replaced on success.
-        data: JSON-serializable object.
+    Atomic (``fpn_edge.atomic``): an existing file is only replaced on success.
     """
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic.write_json_atomic(path, data, indent=None, separators=(",", ":"), trailing_newline=False)
 
 
 def include_images(dataset: DetectionDataset, include: PathLike) -> DetectionDataset:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import colorsys
 import os
-import tempfile
 from typing import Any, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fpn_edge.atomic import atomic_path
 from keras_fpn.data.dataset import DetectionDataset
 from keras_fpn.data.images import PathLike
 
@@ -96,12 +96,6 @@ def render_preview(dataset: DetectionDataset, out: PathLike, *, num: int = 16,
         grid.paste(cell, (pad + (k % cols) * (W + pad), pad + (k // cols) * (H + pad)))
     out = os.path.abspath(os.fspath(out))
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=os.path.dirname(out))
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         grid.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out

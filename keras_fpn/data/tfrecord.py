@@ -17,6 +17,7 @@ the same image. ``image/format`` always names the real content.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import io
@@ -28,6 +29,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from fpn_edge.atomic import atomic_path, write_bytes_atomic
 from keras_fpn.data.dataset import DetectionDataset, DetectionRecord, LabelMap
 from keras_fpn.data.images import DataError, PathLike, load_image, read_image_info, sniff_format
 from keras_fpn.data.issues import IssueLog, clean_boxes, resolve_size
@@ -123,10 +125,7 @@ def read_tfrecord(paths: Union[PathLike, Sequence[PathLike]], *, extract_dir: Op
         ext = {"jpeg": ".jpg", "png": ".png"}.get(fmt, ext or ".img")
         path = os.path.join(out_dir, f"{index:06d}_{stem}{ext}")
         if not (os.path.isfile(path) and os.path.getsize(path) == len(data)):
-            tmp = path + ".tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            write_bytes_atomic(path, data)
         sid = (_feature(ex, "image/source_id") or [b""])[0].decode("utf-8", "replace")
         image_id = int(sid) if sid.isdigit() else index
         if image_id in seen_ids:
@@ -212,8 +211,6 @@ def write_tfrecord(dataset: DetectionDataset, path: PathLike, *, num_shards: int
     path = os.path.abspath(os.fspath(path))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     outs = [path] if num_shards == 1 else [f"{path}-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
-    tmps = [p + ".tmp" for p in outs]
-    writers = [tf.io.TFRecordWriter(t) for t in tmps]
 
     def b(vals):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=vals))
@@ -224,7 +221,10 @@ def write_tfrecord(dataset: DetectionDataset, path: PathLike, *, num_shards: int
     def f32(vals):
         return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in vals]))
 
-    try:
+    # each shard is renamed into place only when all are written; an error removes them all
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(p)) for p in outs]
+        writers = [stack.enter_context(tf.io.TFRecordWriter(str(t))) for t in tmps]  # closed first
         for k, r in enumerate(dataset.records):
             data, fmt = _encoded_image(r.image_path)
             names = [dataset.label_map.names[c].encode() for c in r.classes]
@@ -242,15 +242,4 @@ def write_tfrecord(dataset: DetectionDataset, path: PathLike, *, num_shards: int
             }
             ex = tf.train.Example(features=tf.train.Features(feature=feats))
             writers[k % num_shards].write(ex.SerializeToString())
-        for w in writers:
-            w.close()
-        for t, p in zip(tmps, outs):
-            os.replace(t, p)
-    except BaseException:
-        for w in writers:
-            w.close()
-        for t in tmps:
-            if os.path.exists(t):
-                os.remove(t)
-        raise
     return outs

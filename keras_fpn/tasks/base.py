@@ -87,7 +87,7 @@ class Task:
 
 def pipeline_options(cfg, training: bool, batch_size, seed, deterministic: bool) -> dict:
     """The keywords every task's dataset builder shares (image geometry, normalization, batching, seed)."""
-    from keras_fpn.data.pipeline import AugmentConfig
+    from keras_fpn.data.augment import AugmentConfig
     from keras_fpn.models.backbones import NORMALIZATION
 
     augment = AugmentConfig(hflip=cfg.data.hflip, scale_jitter=cfg.data.scale_jitter,

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import weakref
 from pathlib import Path
 
 import keras
+
+from fpn_edge.atomic import atomic_path
 
 
 class BackupEveryStepsAndEpoch(keras.callbacks.BackupAndRestore):
@@ -93,23 +94,20 @@ def _bn_forward(ref, strategy):
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    """Copy a checkpoint file through a temp file + rename (the best checkpoint = the last one)."""
+    """Copy a checkpoint file atomically (``fpn_edge.atomic``; the best checkpoint = the last one)."""
     import shutil
 
-    tmp = dst.with_name(f".tmp_{dst.name}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _save_atomic(model, path: Path) -> None:
-    """Save ``model`` (``.keras`` or ``.weights.h5``) through a temp file + rename."""
-    suffix = ".weights.h5" if path.name.endswith(".weights.h5") else ".keras"
-    tmp = path.with_name(f".tmp_{path.name[: -len(suffix)]}{suffix}")
-    if suffix == ".keras":
-        model.save(tmp)
-    else:
-        model.save_weights(tmp)
-    os.replace(tmp, path)
+    """Save ``model`` to ``path`` (``.keras``: the model, ``.weights.h5``: its weights) atomically."""
+    with atomic_path(path) as tmp:  # the temporary name keeps the suffix Keras picks the format by
+        if path.name.endswith(".weights.h5"):
+            model.save_weights(tmp)
+        else:
+            model.save(tmp)
 
 
 class EvalCheckpoint(keras.callbacks.Callback):

@@ -13,7 +13,7 @@ def predict_images(run, paths, out, *, threshold: float, max_detections: int, wh
 
     from fpn_edge.draw import draw_detections
     from keras_fpn.data.images import load_image
-    from keras_fpn.data.pipeline import canvas_to_original, preprocess_for_inference
+    from keras_fpn.data.preprocess import canvas_to_original, preprocess_for_inference
     from keras_fpn.models.backbones import NORMALIZATION
     from keras_fpn.ops.anchors import model_anchors
     from keras_fpn.ops.postprocess import decode_detections

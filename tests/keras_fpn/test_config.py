@@ -71,7 +71,7 @@ def test_bad_yaml_file(tmp_path):
 
 def test_shipped_configs_load():
     from pathlib import Path
-    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    configs = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
     assert len(configs) >= 4
     for path in configs:
         cfg = load_config(path)
@@ -82,7 +82,7 @@ def test_shipped_configs_load():
 
 def test_ablation_configs_differ_from_their_base_only_in_the_neck():
     from pathlib import Path
-    configs = Path(__file__).parents[1] / "configs"
+    configs = Path(__file__).parents[2] / "configs"
     base = config_to_dict(load_config(configs / "synthetic_retinanet_mobilenetv2.yaml"))
     levels = {"fpn": (3, 4, 5, 6), "c5_only": (5,), "finest_no_topdown": (3,)}
     for neck, head_levels in levels.items():

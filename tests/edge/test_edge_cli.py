@@ -51,7 +51,7 @@ def test_detect_images_and_dirs(models, images, tmp_path, capsys):
         assert im.size == (report["images"][0]["width"], report["images"][0]["height"])
     err = capsys.readouterr().err
     assert "[4/4]" in err and "detections.json" in err
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(".tmp-*"))
 
 
 def test_detect_raw_model_matches_library(models, images, tmp_path):
@@ -124,7 +124,7 @@ def test_bench_json(models, images, capsys):
                         "input", "output_kind", "latency_ms", "throughput_fps", "peak_rss_mb", "rss_mb", "cpu"}
     assert res["runs"] == 5 and res["threads"] == 1 and res["delegate"] == "cpu (XNNPACK, 1 thread)"
     # int8 speed depends on the CPU's int8 dot product: recorded with every timing
-    from fpn_edge.bench import DOT_PRODUCT_FLAGS, INT8_FLAGS
+    from fpn_edge.machine import DOT_PRODUCT_FLAGS, INT8_FLAGS
     assert set(res["cpu_flags"]) <= set(INT8_FLAGS)
     assert res["int8_dot_product"] == any(f in res["cpu_flags"] for f in DOT_PRODUCT_FLAGS)
     assert res["model_size_bytes"] == models["pp_int8"].stat().st_size

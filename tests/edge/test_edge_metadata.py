@@ -64,7 +64,7 @@ def test_rewrite_replaces_archive_in_place(models, tmp_path):
     assert meta2["labels"] == ["a", "b", "c"]
     assert strip_metadata(p.read_bytes()) == strip_metadata(models["pp_fp32"].read_bytes())
     assert len(p.read_bytes()) < len(models["pp_fp32"].read_bytes()) + 200
-    assert not list(tmp_path.glob(".*tmp"))  # temp file renamed away
+    assert not list(tmp_path.glob(".tmp-*"))  # temp file renamed away
 
 
 def test_no_metadata_error_names_file(models):
@@ -115,3 +115,16 @@ def test_newer_schema_rejected(models, tmp_path):
     p = write_metadata(models["raw_fp32_nometa"], meta, anchors, tmp_path / "new.tflite")
     with pytest.raises(EdgeError, match="schema_version 99 is newer"):
         read_metadata(p)
+
+
+def test_every_task_has_a_schema_and_a_runner():
+    """A task is added to fpn_edge by its runner module plus one entry in each table."""
+    from fpn_edge.metadata import TASK_SCHEMAS
+    from fpn_edge.runner import RUNNERS, ModelRunner, runner_class
+
+    assert set(TASK_SCHEMAS) == set(RUNNERS)
+    for task in RUNNERS:
+        cls = runner_class(task)
+        assert issubclass(cls, ModelRunner) and cls.task == task and cls.command
+    with pytest.raises(EdgeError, match="unsupported task 'classification'"):
+        runner_class("classification")

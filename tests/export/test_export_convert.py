@@ -1,4 +1,4 @@
-"""fpn_export.convert: every mode converts and runs in ai_edge_litert; parity; metadata; op lists."""
+"""fpn_export.detection / fpn_export.tflite: every mode converts and runs in ai_edge_litert; parity; metadata; op lists."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +36,7 @@ def keras_outputs(mobilenet_v2_weights, raccoon_dir):
 
 
 def test_fp32_raw_matches_keras_on_real_images(exported, keras_outputs, raccoon_dir):
-    from fpn_export.edgetpu import op_counts
+    from fpn_export.flatbuffer import op_counts
 
     path = exported("fp32", True)
     assert op_counts(path) == NETWORK_OPS
@@ -50,7 +50,7 @@ def test_fp32_raw_matches_keras_on_real_images(exported, keras_outputs, raccoon_
 @pytest.mark.slow
 def test_keras3_upsampling_lowers_to_tile_and_twin_to_resize(exported, keras_outputs, raccoon_dir):
     """Keras 3 UpSampling2D -> RESHAPE/TILE/RESHAPE; the tf_keras twin -> RESIZE_NEAREST_NEIGHBOR."""
-    from fpn_export.edgetpu import op_counts
+    from fpn_export.flatbuffer import op_counts
 
     k3 = op_counts(exported("fp32", True, via="keras"))
     twin = op_counts(exported("fp32", True))
@@ -75,7 +75,7 @@ def test_mode_converts_and_runs(exported, raccoon_dir, mode, raw, in_dtype):
 
     from fpn_edge.detector import Detector
     from fpn_edge.metadata import read_metadata
-    from fpn_export.edgetpu import read_graph
+    from fpn_export.flatbuffer import read_graph
 
     path = exported(mode, raw)
     interp = Interpreter(model_path=str(path))
@@ -100,7 +100,7 @@ def test_mode_converts_and_runs(exported, raccoon_dir, mode, raw, in_dtype):
 
 def test_metadata_describes_the_model(exported):
     from fpn_edge.metadata import read_metadata
-    from fpn_export.convert import detector_anchors
+    from keras_fpn.ops.anchors import model_anchors
 
     cfg = H.tiny_config()
     meta, anchors = read_metadata(exported("int8", True))
@@ -109,9 +109,9 @@ def test_metadata_describes_the_model(exported):
     assert meta["box_coder"] == {"scale_factors": [10.0, 10.0, 5.0, 5.0]}
     assert meta["nms"] == {"score_threshold": 0.05, "iou_threshold": 0.5, "max_detections": 20,
                            "max_detections_per_class": 20}
-    assert meta["config"]["model"]["fpn_width"] == 32 and meta["config"]["model"]["num_classes"] == 1
+    assert meta["config"]["model"]["neck"]["width"] == 32 and meta["config"]["model"]["num_classes"] == 1
     assert meta["export"]["io_dtype"] == "uint8" and meta["export"]["via"] == "tf_keras"
-    np.testing.assert_array_equal(anchors, detector_anchors(cfg.model))
+    np.testing.assert_array_equal(anchors, model_anchors(cfg.model))
     assert set(meta["output_tensors"]) == {"box_deltas", "class_logits"}
     meta_pp, anchors_pp = read_metadata(exported("fp16", False))
     assert meta_pp["output"] == "postprocess" and anchors_pp is None
@@ -146,7 +146,7 @@ def test_int8_and_int16x8_close_to_float(exported, keras_outputs, raccoon_dir):
 
 def test_int16x8_shared_head_biases_are_rescaled(exported):
     """The int16x8 converter shares one bias across the 5 level calls of a head conv; we split it."""
-    from fpn_export.edgetpu import read_graph
+    from fpn_export.flatbuffer import read_graph
 
     graph = read_graph(exported("int16x8", True))
     seen = {}
@@ -162,7 +162,7 @@ def test_int16x8_shared_head_biases_are_rescaled(exported):
 
 def test_postprocess_op_list(exported):
     """Exact op list of the int8 post-process export (what the Edge TPU report sees)."""
-    from fpn_export.edgetpu import op_counts
+    from fpn_export.flatbuffer import op_counts
 
     counts = op_counts(exported("edgetpu", False))
     assert counts == {"QUANTIZE": 1, **NETWORK_OPS, "DEQUANTIZE": 2, "LOGISTIC": 1,
@@ -170,7 +170,8 @@ def test_postprocess_op_list(exported):
 
 
 def test_bad_mode_and_missing_calibration_are_clear(tmp_path, mobilenet_v2_weights, raccoon_dir):
-    from fpn_export.convert import ExportError, export_detector
+    from fpn_export.detection import export_detector
+    from fpn_export.errors import ExportError
 
     model = H.tiny_model(mobilenet_v2_weights[0.35])
     cfg = H.tiny_config(raccoon_dir)
@@ -186,7 +187,8 @@ def test_float_op_left_in_int8_names_the_layer():
     """The converter silently keeps ops without an int8 kernel in float; the export refuses it."""
     import keras
 
-    from fpn_export.convert import ExportError, convert_keras
+    from fpn_export.errors import ExportError
+    from fpn_export.tflite import convert_keras
 
     x = keras.Input((8, 8, 3), batch_size=1, name="image")
     y = keras.layers.Conv2D(4, 3, padding="same", name="conv_a")(x)
@@ -199,17 +201,18 @@ def test_float_op_left_in_int8_names_the_layer():
 
 
 def test_failed_export_keeps_the_existing_file(tmp_path, monkeypatch, mobilenet_v2_weights, raccoon_dir):
-    import fpn_export.convert as conv
+    import fpn_export.detection as det
+    from fpn_export.errors import ExportError
 
     out = tmp_path / "model.tflite"
     out.write_bytes(b"previous model")
 
     def boom(*args, **kwargs):
-        raise conv.ExportError("fp32 conversion of model 'x' failed at op tfl.conv_2d: simulated")
+        raise ExportError("fp32 conversion of model 'x' failed at op tfl.conv_2d: simulated")
 
-    monkeypatch.setattr(conv, "convert_keras", boom)
-    with pytest.raises(conv.ExportError, match="simulated"):
-        conv.export_detector(H.tiny_model(mobilenet_v2_weights[0.35]), H.tiny_config(raccoon_dir),
+    monkeypatch.setattr(det, "convert_keras", boom)
+    with pytest.raises(ExportError, match="simulated"):
+        det.export_detector(H.tiny_model(mobilenet_v2_weights[0.35]), H.tiny_config(raccoon_dir),
                              H.LABELS, "fp32", out=out, raw=True, via="keras")
     assert out.read_bytes() == b"previous model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]
@@ -218,22 +221,23 @@ def test_failed_export_keeps_the_existing_file(tmp_path, monkeypatch, mobilenet_
 def test_unloadable_conversion_fails_before_writing(tmp_path, monkeypatch, mobilenet_v2_weights, raccoon_dir):
     """A converted model the interpreter cannot prepare (seen: int16x8 of a barely trained FPNLite,
     ``no_integer_overflow_from_quantization``) fails the export; the earlier file stays."""
-    import fpn_export.convert as conv
+    import fpn_export.detection as det
+    from fpn_export.errors import ExportError
 
     out = tmp_path / "model.tflite"
     out.write_bytes(b"previous model")
-    real, info = conv.convert_keras(H.tiny_model(mobilenet_v2_weights[0.35]), "fp32")
-    monkeypatch.setattr(conv, "convert_keras", lambda *a, **k: (real[: len(real) // 2], info))  # truncated
-    with pytest.raises(conv.ExportError, match=r"model.tflite: the converted model does not load in the TFLite "
+    real, info = det.convert_keras(H.tiny_model(mobilenet_v2_weights[0.35]), "fp32")
+    monkeypatch.setattr(det, "convert_keras", lambda *a, **k: (real[: len(real) // 2], info))  # truncated
+    with pytest.raises(ExportError, match=r"model.tflite: the converted model does not load in the TFLite "
                                                r"interpreter \(.*\); nothing was written"):
-        conv.export_detector(H.tiny_model(mobilenet_v2_weights[0.35]), H.tiny_config(raccoon_dir),
+        det.export_detector(H.tiny_model(mobilenet_v2_weights[0.35]), H.tiny_config(raccoon_dir),
                              H.LABELS, "fp32", out=out, raw=True, via="keras")
     assert out.read_bytes() == b"previous model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]
 
 
 def test_converter_error_names_op_and_layer():
-    from fpn_export.convert import _conversion_error
+    from fpn_export.tflite import conversion_error
 
     class FakeConverterError(Exception):
         pass
@@ -246,6 +250,6 @@ def test_converter_error_names_op_and_layer():
     class M:
         name = "odd"
 
-    err = _conversion_error(exc, "fp32", M(), ["conv_a", "wave", "conv_b"])
+    err = conversion_error(exc, "fp32", M(), ["conv_a", "wave", "conv_b"])
     assert str(err).startswith("fp32 conversion of model 'odd' failed at op tf.Erfinv, layer 'wave': ")
     assert "neither a custom op nor a flex op" in str(err)

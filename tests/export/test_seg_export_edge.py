@@ -10,7 +10,7 @@ from fpn_edge.cli import main as edge_main
 from fpn_edge.draw import class_color, draw_segmentation, segmentation_palette
 from fpn_edge.metadata import read_metadata
 from fpn_edge.segmenter import Segmenter
-from fpn_export.convert import ExportError
+from fpn_export.errors import ExportError
 from fpn_export.segmentation import export_segmenter
 from keras_fpn.config import config_from_dict
 from keras_fpn.data.preprocess import preprocess_for_inference

@@ -32,8 +32,8 @@ def _rep():
 
 
 def test_debugger_writes_per_layer_stats(tmp_path):
-    from fpn_export.convert import convert_keras
-    from fpn_export.edgetpu import read_graph
+    from fpn_export.flatbuffer import read_graph
+    from fpn_export.tflite import convert_keras
 
     data, info = convert_keras(_model(), "int8", representative=_rep(), debug_dir=str(tmp_path))
     rows = list(csv.DictReader(open(tmp_path / "layer_stats.csv")))
@@ -49,8 +49,8 @@ def test_debugger_writes_per_layer_stats(tmp_path):
 
 
 def test_keep_float_denylists_the_worst_layers(tmp_path):
-    from fpn_export.convert import convert_keras
-    from fpn_export.edgetpu import read_graph
+    from fpn_export.flatbuffer import read_graph
+    from fpn_export.tflite import convert_keras
 
     data, info = convert_keras(_model(), "int8", representative=_rep(), debug_dir=str(tmp_path),
                                keep_float=1)
@@ -70,7 +70,7 @@ def test_keep_float_denylists_the_worst_layers(tmp_path):
 @pytest.mark.slow
 def test_detector_debug_export(tmp_path, mobilenet_v2_weights, raccoon_dir):
     from fpn_edge.metadata import read_metadata
-    from fpn_export.convert import export_detector
+    from fpn_export.detection import export_detector
 
     path = export_detector(H.tiny_twin(mobilenet_v2_weights[0.35]), H.tiny_config(raccoon_dir), H.LABELS,
                            "int8", out=tmp_path / "dbg.tflite", raw=True,

@@ -30,7 +30,7 @@ def _rep():
 
 @pytest.fixture(scope="module")
 def small_int8():
-    from fpn_export.convert import convert_keras
+    from fpn_export.tflite import convert_keras
 
     data, _ = convert_keras(_small_model(), "int8", representative=_rep(), int8_io="uint8")
     return data
@@ -38,14 +38,14 @@ def small_int8():
 
 @pytest.fixture(scope="module")
 def small_fp32():
-    from fpn_export.convert import convert_keras
+    from fpn_export.tflite import convert_keras
 
     data, _ = convert_keras(_small_model(), "fp32")
     return data
 
 
 def test_op_list_of_known_int8_graph(small_int8):
-    from fpn_export.edgetpu import read_graph
+    from fpn_export.flatbuffer import read_graph
 
     graph = read_graph(small_int8)
     assert sorted(op.name for op in graph.ops) == sorted(

@@ -8,12 +8,12 @@ import export_helpers as H
 
 
 def _train_data(raccoon_dir, n=4, batch=2):
-    from fpn_export.convert import detector_anchors
     from keras_fpn.data.pipeline import build_detection_dataset
+    from keras_fpn.ops.anchors import model_anchors
 
     ds = H.raccoon(raccoon_dir).subset(range(n))
     cfg = H.tiny_config()
-    return build_detection_dataset(ds, image_size=H.SIZE, anchors=detector_anchors(cfg.model),
+    return build_detection_dataset(ds, image_size=H.SIZE, anchors=model_anchors(cfg.model),
                                    normalization=H.NORM, batch_size=batch, training=True, seed=0)
 
 
@@ -22,7 +22,7 @@ def test_tf_keras_losses_equal_the_training_losses():
     import tensorflow as tf
 
     from fpn_export.qat import tf_keras_losses
-    from keras_fpn.config import TrainConfig
+    from keras_fpn.config import Config
     from keras_fpn.ops.losses import BoxLoss, FocalLoss
 
     rng = np.random.default_rng(0)
@@ -30,7 +30,7 @@ def test_tf_keras_losses_equal_the_training_losses():
     cls_p = rng.normal(size=(2, 50, 1)).astype(np.float32)
     box_t = np.concatenate([rng.normal(size=(2, 50, 4)), (cls_t >= 0)[..., None]], -1).astype(np.float32)
     box_p = rng.normal(size=(2, 50, 4)).astype(np.float32)
-    losses, weights = tf_keras_losses(TrainConfig())
+    losses, weights = tf_keras_losses(Config())
     assert weights == {"box_deltas": 50.0, "class_logits": 1.0}
     got_c = float(losses["class_logits"](tf.constant(cls_t), tf.constant(cls_p)))
     got_b = float(losses["box_deltas"](tf.constant(box_t), tf.constant(box_p)))
@@ -67,8 +67,9 @@ def test_qat_int8_export_converts_and_runs(tmp_path, mobilenet_v2_weights, racco
     """2 QAT steps on 4 raccoon images (batch 2), full integer, uint8 input, Edge-TPU-clean."""
     from fpn_edge.detector import Detector
     from fpn_edge.metadata import read_metadata
-    from fpn_export.convert import export_detector
-    from fpn_export.edgetpu import check_edgetpu, op_counts
+    from fpn_export.detection import export_detector
+    from fpn_export.edgetpu import check_edgetpu
+    from fpn_export.flatbuffer import op_counts
 
     path = export_detector(H.tiny_model(mobilenet_v2_weights[0.35]), H.tiny_config(raccoon_dir), H.LABELS,
                            "qat-int8", out=tmp_path / "qat.tflite", raw=True,
@@ -89,8 +90,8 @@ def test_qat_int8_export_converts_and_runs(tmp_path, mobilenet_v2_weights, racco
 @pytest.mark.slow
 def test_prune_then_qat_keeps_sparsity(tmp_path, mobilenet_v2_weights, raccoon_dir):
     """--prune 0.5 with qat-int8: the int8 conv kernels of the .tflite are >= ~45 % zeros."""
-    from fpn_export.convert import export_detector
-    from fpn_export.edgetpu import read_graph
+    from fpn_export.detection import export_detector
+    from fpn_export.flatbuffer import read_graph
 
     cfg = H.with_export(H.tiny_config(raccoon_dir), qat_steps=3)
     path = export_detector(H.tiny_model(mobilenet_v2_weights[0.35]), cfg, H.LABELS, "qat-int8",
@@ -117,9 +118,8 @@ def test_seg_qat_int8_export_runs_in_litert(tiny_seg_run, tiny_seg_exports):
     0.159) and >= 80 % of the pixels keep the float model's class (measured: 92 %)."""
     from fpn_edge.metadata import read_metadata
     from fpn_edge.segmenter import Segmenter
-    from fpn_export.segmentation import tflite_class_maps
+    from keras_fpn.evaluation.segmentation import predict_class_maps, score_class_maps, tflite_class_maps
     from keras_fpn.rundir import open_run
-    from keras_fpn.evaluation.segmentation import predict_class_maps, score_class_maps
     from keras_fpn.data.splits import load_datasets
 
     path = tiny_seg_exports["qat-int8"]
