@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "synthetic_retinanet_mobilenetv3small.yaml"
 CPU_NOTE = """Replicas are logical CPU devices sharing these cores: the 2-replica rows show what the
 strategy costs (the batch split, the all-reduces of gradients and of the synchronized BN statistics),
-not a speed-up. Mixed precision pays on GPUs with float16/bfloat16 units (tensor cores); a CPU
-without them computes float16 slower than float32. "first step" includes tracing. The load average
+not a speed-up. Mixed precision pays on GPUs with float16/bfloat16 units (tensor cores). x86 CPUs
+have no float16 arithmetic (slower than float32); bfloat16 runs natively where the flags list
+avx512_bf16 or amx (oneDNN). "first step" includes tracing. The load average
 is that of the shared machine when the variant finished: one measurement per variant on a shared
 machine, so only differences well above 15 % mean something."""
 GPU_COMMAND = ("python benchmarks/scaling.py --gpus --replicas 1,2,4,8 --precisions float32,float16,bfloat16 "
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
-    from benchmarks.machine import machine_info
+    from benchmarks.machine import machine_info, machine_line
     from keras_fpn.data.synthetic import generate_synthetic_coco
     from keras_fpn.rundir import write_text_atomic
 
@@ -155,8 +156,8 @@ def main(argv=None) -> int:
 (`{report['config']}`, MobileNetV3-Small FPN, 160 px, synthetic images), `Model.fit` as `keras-fpn train`
 builds it, global batch {a.batch_size}, {a.warmup} warmup + {a.steps} timed steps per variant, each in a fresh process.
 
-Machine: {m['cpu_model']}, {m['usable_cpus']} usable CPUs ({m.get('hypervisor') or 'no hypervisor'}),
-TensorFlow {m['versions'].get('tensorflow')}, Keras {m['versions'].get('keras')}, git {m['git']}.
+Machine: {machine_line(m)}, TensorFlow {m['versions'].get('tensorflow')}, Keras {m['versions'].get('keras')},
+git {m['git']}.
 {'Replicas are GPUs.' if a.gpus else CPU_NOTE}
 
 {_table(results)}

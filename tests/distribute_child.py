@@ -1,4 +1,4 @@
-"""Child processes of ``tests/test_distribute.py``: TensorFlow must see
+"""Child processes of ``tests/keras_fpn/test_distribute.py``: TensorFlow must see
 two logical CPU devices before it starts, so each measurement runs in a fresh process.
 
     python tests/distribute_child.py parity CONFIG OUT.json    # default vs mirrored vs mirrored float16

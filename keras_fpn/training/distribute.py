@@ -17,7 +17,7 @@ or after TensorFlow has started in the process. Workers must see the same number
 GPUs (a TensorFlow requirement).
 
 Decisions (the same math as one device on the same global batch; measured by
-``tests/test_distribute.py``):
+``tests/keras_fpn/test_distribute.py``):
 
 - **Batch**: ``train.batch_size`` is the *global* batch; each of R replicas gets
   ``batch_size / R`` consecutive examples of it. The steps per epoch do not change.
