@@ -1,7 +1,9 @@
 """Atomic file writes: a temporary file in the target's folder, then ``os.replace``.
 
-Every file keras-fpn writes (fpn_edge, fpn_export, keras_fpn) goes through this
-module, so all of them behave the same way:
+The artifacts keras-fpn writes (models, checkpoints, configs, labels, reports,
+JSON, images; in fpn_edge, fpn_export and keras_fpn) go through this module, so
+all of them behave the same way (logs that Keras appends to, such as history.csv
+and TensorBoard events, are the exception):
 
 * the data is written to a temporary file beside the target (same file
   system, so the rename is atomic), flushed and fsynced;
@@ -11,7 +13,8 @@ module, so all of them behave the same way:
   (not the 0600 of ``tempfile.mkstemp``);
 * on any error the temporary file is removed and a file already at the
   target is left as it was: a reader sees the old file or the new one, never
-  half of one.
+  half of one; an ``OSError`` (full disk, read-only folder) names the target
+  in its ``filename``, not the temporary file.
 
 Writers that need a file name rather than bytes (``PIL.Image.save``, Keras
 ``model.save``, TFRecord writers, ``shutil.copyfile``) use :func:`atomic_path`;
@@ -20,13 +23,15 @@ format from the suffix (``.keras``, ``.weights.h5``, ``.png``) pick the same one
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "atomic_path", "current_umask"]
+__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "atomic_path", "check_writable",
+           "current_umask"]
 
 
 def current_umask() -> int:
@@ -87,7 +92,8 @@ def atomic_path(path):
     The temporary file exists (empty) and lies in ``path``'s folder (created if
     missing); its name ends with ``-<path's name>``. When the block ends
     normally it is fsynced, given the mode ``0o666 & ~umask`` and renamed to
-    ``path``; when the block raises it is removed and ``path`` is untouched.
+    ``path``; when the block raises it is removed and ``path`` is untouched (an
+    ``OSError`` about the temporary file is raised naming ``path``).
 
     Example::
 
@@ -95,13 +101,25 @@ def atomic_path(path):
             model.save(tmp)
     """
     path = Path(path)
-    tmp = _temp_file(path)
+    try:
+        tmp = _temp_file(path)
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         yield tmp
         _commit(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, str(tmp), os.fspath(tmp)):
+            raise _naming(e, path) from None
         raise
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """``e`` (same errno, so the same OSError subclass) naming the target file: ``filename`` is
+    ``path``, whatever temporary file or folder the failing call named (or none, as writers
+    like h5py and ``f.write`` on a full disk give)."""
+    return OSError(e.errno, e.strerror or " ".join(str(e).split()) or type(e).__name__, str(path))
 
 
 def write_bytes_atomic(path, data: bytes) -> Path:
@@ -128,3 +146,33 @@ def write_json_atomic(path, obj, *, indent: int | None = 2, separators=None,
     """
     text = json.dumps(obj, indent=indent, separators=separators)
     return write_text_atomic(path, text + "\n" if trailing_newline else text)
+
+
+def check_writable(path, *, folder: bool = False) -> Path:
+    """Check before any work that ``path`` can be written: a file (its folder must take one), or
+    with ``folder`` a folder. The folder is created if missing; a temporary file is made in it
+    and removed. Commands call it first, so a bad output path fails at once, not after the run.
+
+    Returns:
+        ``Path(path)``.
+
+    Raises:
+        OSError: naming ``path`` (a file where a folder is wanted or the reverse, a folder
+            that cannot be made or written).
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(path))
+    if not folder and path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+    parent = path if folder else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a folder", str(path))
+    try:
+        tmp = _temp_file(path / "probe" if folder else path.parent / f"probe-{path.name}")
+        tmp.unlink()
+    except OSError as e:
+        raise _naming(e, path) from None
+    return path

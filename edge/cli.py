@@ -17,8 +17,11 @@ files and directories and writes, per image, ``<stem>_overlay.png`` (class
 colours blended over the image, with a legend), ``<stem>_mask.png`` (the class
 map: a palette PNG whose pixel values are the class ids) and
 ``DIR/segmentation.json`` (labels, and per image the files and the fraction of
-pixels of each class). User errors print one line ``fpn-edge: error: ...`` and
-exit with status 2.
+pixels of each class). User errors (a bad argument, model, input or output
+path) print one line ``fpn-edge: error: ...`` and exit with status 2; the output
+folder (and bench's ``--out``) is checked writable before anything runs. An
+input image that cannot be decoded is one error line and an ``errors`` entry in
+the JSON, the other inputs go on, and the exit status is 2.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from fpn_edge.atomic import atomic_path, write_json_atomic
+from fpn_edge.argtypes import nonneg_int, positive_int, unit_interval
+from fpn_edge.atomic import atomic_path, check_writable, write_json_atomic
 from fpn_edge.errors import EdgeError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -139,11 +143,11 @@ def _run_video(det, kind, src, out_dir: Path, args, used: set) -> dict:
 
 
 def _start(runner_class, args) -> tuple:
-    """``(runner, inputs, output folder)`` of a detect / segment command (the folder is created)."""
+    """``(runner, inputs, output folder)`` of a detect / segment command: the model and the inputs
+    are checked first, then the folder is created and checked writable, before any image is run."""
     runner = runner_class.from_file(args.model, threads=args.threads, delegate=args.delegate)
     items = _expand_inputs(args.inputs)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_writable(args.out, folder=True)
     return runner, items, out_dir
 
 
@@ -268,6 +272,8 @@ def cmd_bench(args) -> int:
         if not args.quiet and (done % step == 0 or done == tot) and not args.json:
             _log(f"  {done}/{tot}")
 
+    if args.out:
+        check_writable(args.out)  # before the run, not after it
     res = benchmark(args.model, threads=args.threads, delegate=args.delegate, runs=args.runs,
                     warmup=args.warmup, image=args.image, progress=progress)
     if args.out:
@@ -348,27 +354,19 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+class _Parser(argparse.ArgumentParser):
+    """A bad argument is one line ``fpn-edge CMD: error: ...`` and exit status 2, like every user error."""
 
-
-def _nonneg_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Run keras-fpn TFLite detectors and segmenters "
-                                                       "(no TensorFlow needed).")
+    p = _Parser(prog=PROG, description="Run keras-fpn TFLite detectors and segmenters (no TensorFlow needed).")
     sub = p.add_subparsers(dest="command", required=True)
 
     def runtime_args(sp):
-        sp.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: interpreter's)")
+        sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: interpreter's)")
         sp.add_argument("--delegate", default="cpu",
                         help="cpu | edgetpu[:DEVICE] | gpu:/path/lib.so | /path/delegate.so (default cpu)")
 
@@ -376,10 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("model")
     d.add_argument("inputs", nargs="+", metavar="INPUT")
     d.add_argument("--out", required=True, help="output directory (detections.json + annotated images)")
-    d.add_argument("--threshold", type=float, default=None, help="score threshold (default: model's)")
-    d.add_argument("--max-detections", type=_positive_int, default=None)
+    d.add_argument("--threshold", type=unit_interval, default=None, help="score threshold in [0, 1] (default: model's)")
+    d.add_argument("--max-detections", type=positive_int, default=None)
     d.add_argument("--no-images", action="store_true", help="write only detections.json")
-    d.add_argument("--max-frames", type=_positive_int, default=None, help="video/camera: stop after N frames")
+    d.add_argument("--max-frames", type=positive_int, default=None, help="video/camera: stop after N frames")
     d.add_argument("--quiet", action="store_true")
     runtime_args(d)
     d.set_defaults(func=cmd_detect)
@@ -388,15 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("model")
     g.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or directories")
     g.add_argument("--out", required=True, help="output directory (overlays, masks, segmentation.json)")
-    g.add_argument("--alpha", type=float, default=0.55, help="opacity of the class colours (default 0.55)")
+    g.add_argument("--alpha", type=unit_interval, default=0.55, help="opacity of the class colours in [0, 1] (default 0.55)")
     g.add_argument("--quiet", action="store_true")
     runtime_args(g)
     g.set_defaults(func=cmd_segment)
 
     b = sub.add_parser("bench", help="latency benchmark")
     b.add_argument("model")
-    b.add_argument("--runs", type=_positive_int, default=100)
-    b.add_argument("--warmup", type=_nonneg_int, default=10)
+    b.add_argument("--runs", type=positive_int, default=100)
+    b.add_argument("--warmup", type=nonneg_int, default=10)
     b.add_argument("--image", default=None, help="image to run on (default: random 640x480)")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.add_argument("--out", default=None, help="also write the JSON result to this file")
@@ -416,7 +414,10 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except EdgeError as e:
-        _error(str(e))
+        _error(" ".join(str(e).split()))
+        return 2
+    except OSError as e:  # an output that cannot be written (full disk, read-only folder)
+        _error(f"{e.filename}: {e.strerror}" if e.filename is not None and e.strerror else " ".join(str(e).split()))
         return 2
     except KeyboardInterrupt:
         _error("interrupted")

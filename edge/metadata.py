@@ -245,6 +245,19 @@ def write_metadata(tflite_path_or_bytes, meta: dict, anchors: np.ndarray | None,
     return out
 
 
+def _has_archive_start(path: Path) -> bool:
+    """True when the file holds the start of a keras-fpn archive (the local header of ``fpn_meta.json``,
+    which ``write_metadata`` writes first) but ``zipfile`` found no whole archive: a truncated copy."""
+    data = path.read_bytes()
+    name = META_NAME.encode()
+    at = data.find(b"PK\x03\x04")
+    while at != -1:
+        if data[at + 30:at + 30 + len(name)] == name:
+            return True
+        at = data.find(b"PK\x03\x04", at + 1)
+    return False
+
+
 def read_metadata(path) -> tuple[dict, np.ndarray | None]:
     """Read the keras-fpn metadata appended to a .tflite file.
 
@@ -256,7 +269,7 @@ def read_metadata(path) -> tuple[dict, np.ndarray | None]:
         float32 anchors or None when the file holds none.
 
     Raises:
-        EdgeError: missing file, or a model without (or with broken) keras-fpn metadata.
+        EdgeError: missing file, a model without (or with broken or truncated) keras-fpn metadata.
     """
     path = Path(path)
     if not path.is_file():
@@ -272,9 +285,12 @@ def read_metadata(path) -> tuple[dict, np.ndarray | None]:
             if ANCHORS_NAME in names:
                 anchors = np.load(io.BytesIO(zf.read(ANCHORS_NAME)), allow_pickle=False)
     except zipfile.BadZipFile:
+        if _has_archive_start(path):
+            raise EdgeError(f"{path}: the file is truncated: its keras-fpn metadata archive is incomplete "
+                            f"({path.stat().st_size} bytes); copy or export it again") from None
         raise EdgeError(f"{path}: the model has no keras-fpn metadata; "
                         "export it with `keras-fpn export`") from None
-    except (ValueError, KeyError, OSError, zipfile.LargeZipFile) as e:
+    except (ValueError, KeyError, OSError, EOFError, zipfile.LargeZipFile) as e:
         raise EdgeError(f"{path}: broken keras-fpn metadata ({type(e).__name__}: {e})") from None
     validate_meta(meta, where=str(path))
     if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:

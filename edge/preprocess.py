@@ -33,13 +33,19 @@ def _has_alpha(im) -> bool:
 def pil_to_rgb(im) -> np.ndarray:
     """A decoded, EXIF-transposed Pillow image -> ``[h, w, 3]`` uint8 RGB (the decoding rule).
 
-    The rule of ``keras_fpn.data.images`` (training, evaluation and calibration
-    read images with it; this must match it exactly): images with an alpha
-    channel (``RGBA``, ``LA``, ``PA``, or a ``transparency`` entry) go through
-    Pillow's ``convert("RGBA")`` and are composited over **white** in integer
-    arithmetic, ``(rgb * a + 255 * (255 - a) + 127) // 255``; every other mode
-    uses Pillow's ``convert("RGB")`` (grayscale replicated, palette expanded).
+    The one implementation of the rule (``keras_fpn.data.images`` decodes training,
+    evaluation and calibration images with it too): images with an alpha channel
+    (``RGBA``, ``LA``, ``PA``, or a ``transparency`` entry) go through Pillow's
+    ``convert("RGBA")`` and are composited over **white** in integer arithmetic,
+    ``(rgb * a + 255 * (255 - a) + 127) // 255``; 16-bit grayscale (``I;16*``, e.g.
+    a 16-bit PNG) keeps the high byte of each sample, as Pillow reduces 16-bit colour
+    PNGs (its ``convert("RGB")`` would clip every value above 255 to white; a 16-bit
+    ``transparency`` entry is not applied); every other mode uses Pillow's
+    ``convert("RGB")`` (grayscale replicated, palette expanded).
     """
+    if im.mode.startswith("I;16"):
+        gray = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
     if _has_alpha(im):
         rgba = np.asarray(im.convert("RGBA"), dtype=np.uint16)
         alpha = rgba[..., 3:4]
@@ -69,7 +75,7 @@ def load_image(path) -> np.ndarray:
             arr = pil_to_rgb(ImageOps.exif_transpose(im))
     except UnidentifiedImageError:
         raise EdgeError(f"{path}: not an image Pillow can read") from None
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EdgeError(f"{path}: cannot decode the image ({msg})") from None
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:

@@ -11,27 +11,9 @@ import dataclasses
 import json
 import sys
 
+from fpn_edge.argtypes import fraction, nonneg_int, positive_int
+
 __all__ = ["add_export_command", "run_export", "main"]
-
-def _sparsity(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < v < 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must be in (0, 1), got {v}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
 
 def add_export_command(subparsers) -> argparse.ArgumentParser:
     """Register ``export RUN --mode MODE [...]`` on an ``argparse`` subparsers object."""
@@ -46,16 +28,16 @@ def add_export_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output .tflite path (default RUN/model_<mode>[_pruneNN][_raw].tflite)")
     p.add_argument("--raw", action="store_true",
                    help="export raw box_deltas/class_logits instead of the TFLite_Detection_PostProcess op")
-    p.add_argument("--prune", type=_sparsity, metavar="SPARSITY",
+    p.add_argument("--prune", type=fraction, metavar="SPARSITY",
                    help="magnitude-prune to this sparsity (0..1) with tfmot while fine-tuning "
                         "(export.qat_steps steps); combinable with every mode, qat-int8 included")
     p.add_argument("--report", action="store_true",
                    help="write the Edge TPU op report next to the model (always on for --mode edgetpu)")
     p.add_argument("--debug", action="store_true",
                    help="run TF's QuantizationDebugger (integer modes) and write per-layer error stats")
-    p.add_argument("--keep-float", type=int, default=0, metavar="N",
+    p.add_argument("--keep-float", type=nonneg_int, default=0, metavar="N",
                    help="with --debug: keep the N layers with the largest quantization error in float")
-    p.add_argument("--representative", type=_positive_int, metavar="N",
+    p.add_argument("--representative", type=positive_int, metavar="N",
                    help="number of calibration images from the training set "
                         "(default: export.representative_images of the run's config)")
     p.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint to export")
@@ -82,8 +64,9 @@ def _apply_overrides(run, overrides):
 
 def run_export(args) -> int:
     """Handler of ``keras-fpn export``; prints the written path and op summary, returns an exit code."""
+    from fpn_edge.atomic import check_writable
     from fpn_edge.errors import EdgeError
-    from fpn_export.convert import export_model
+    from fpn_export.convert import default_output_path, export_model
     from fpn_export.edgetpu import check_edgetpu
     from fpn_export.errors import ExportError
     from fpn_export.flatbuffer import op_counts
@@ -95,15 +78,20 @@ def run_export(args) -> int:
         run = open_run(args.run)
         if args.overrides:
             run = _apply_overrides(run, args.overrides)
+        check_writable(args.out or default_output_path(run.path, args.mode, args.raw, args.prune))
         path = export_model(run, args.mode, out=args.out, raw=args.raw, prune=args.prune,
                             representative=args.representative, report=args.report,
                             debug=args.debug, keep_float=args.keep_float, which=args.which, via=args.via)
-    except (ExportError, RunDirError, ConfigError, EdgeError, FileNotFoundError, ValueError) as exc:
-        print(f"keras-fpn export: error: {exc}", file=sys.stderr)
+    except (ExportError, RunDirError, ConfigError, EdgeError, OSError, ValueError) as exc:
+        from keras_fpn.cli import error_line
+
+        print(f"keras-fpn export: error: {error_line(exc)}", file=sys.stderr)
         return 2
     counts = op_counts(path)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, mode {args.mode}"
-          f"{', raw outputs' if args.raw else ', TFLite_Detection_PostProcess'})")
+    from fpn_edge.metadata import read_metadata
+
+    output = read_metadata(path)[0]["output"]   # postprocess | raw | logits
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, mode {args.mode}, outputs: {output})")
     print("ops: " + json.dumps(counts))
     if args.report or MODES[args.mode].edgetpu:
         rep = check_edgetpu(path)

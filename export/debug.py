@@ -31,8 +31,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from fpn_edge.atomic import write_text_atomic
 

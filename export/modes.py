@@ -95,6 +95,9 @@ MODES = {m.name: m for m in (
                ops_sets=_INT8_OPS, cost=6),
 )}
 
+#: what ``keras-fpn compare`` and ``keras-fpn demo`` measure unless told otherwise: float, PTQ and QAT int8
+COMPARE_DEFAULT = ("fp32", "int8", "qat-int8")
+
 
 def get_mode(mode) -> ExportMode:
     """The ``ExportMode`` named ``mode`` (or ``mode`` itself); ``ExportError`` for an unknown name."""

@@ -1,7 +1,8 @@
 """``keras-fpn demo``: the whole flow in one command, on a fresh machine, offline.
 
 1. generate the synthetic multi-scale COCO dataset (``keras-fpn data synthetic``),
-2. train ``configs/synthetic_retinanet_mobilenetv3small.yaml`` from scratch (no download),
+2. train the shipped config ``synthetic_retinanet_mobilenetv3small`` from scratch (no download; its data
+   paths are replaced by the generated dataset's),
 3. export fp32, int8 PTQ and QAT int8 .tflite files,
 4. run them through ``fpn_edge`` and write the compare report.
 
@@ -23,7 +24,8 @@ import os
 import time
 from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_retinanet_mobilenetv3small.yaml"
+#: the shipped config the demo trains (``keras-fpn configs show synthetic_retinanet_mobilenetv3small``)
+CONFIG = "synthetic_retinanet_mobilenetv3small"
 
 #: (train images, val images, generated image side in px, config overrides) per demo size.
 SIZES = {
@@ -36,12 +38,13 @@ SIZES = {
 
 def run_demo(out_dir, *, fast: bool = False, threads: int = 2, seed: int = 0, log=print) -> dict:
     """Run the demo into ``out_dir`` and return the compare report."""
+    from fpn_export.modes import COMPARE_DEFAULT
     from keras_fpn.compare.report import compare_run, headline_table
-    from keras_fpn.config import load_config
+    from keras_fpn.config import Config
     from keras_fpn.data.synthetic import generate_synthetic_coco
     from keras_fpn.training.train import train
 
-    out = Path(out_dir).resolve()  # the config resolves relative data paths against its own folder
+    out = Path(out_dir).resolve()  # absolute data paths: nothing depends on where the config lives
     started = time.time()
 
     def say(msg: str) -> None:  # progress lines carry the elapsed wall time
@@ -55,15 +58,15 @@ def run_demo(out_dir, *, fast: bool = False, threads: int = 2, seed: int = 0, lo
                                 style="clean", workers=max(1, min(threads, os.cpu_count() or 1)))
     else:
         say(f"== 1/4 synthetic dataset: reusing {data_dir}")
-    cfg = load_config(CONFIG, [*overrides, f"data.train={data_dir / 'train.json'}",
+    cfg = Config.from_yaml(CONFIG, [*overrides, f"data.train={data_dir / 'train.json'}",
                                f"data.val={data_dir / 'val.json'}", f"train.seed={seed}"])
     run_dir = out / "run"
-    say(f"== 2/4 training {CONFIG.name} -> {run_dir}")
+    say(f"== 2/4 training {CONFIG} -> {run_dir}")
     trained = train(cfg, run_dir, verbose=2)
     say(f"   trained in {trained['seconds'] / 60:.1f} min")
     say("== 3/4 + 4/4 export fp32 / int8 / qat-int8 and compare through fpn_edge")
     compare_started = time.time()
-    report = compare_run(run_dir, modes=("fp32", "int8", "qat-int8"), threads=threads,
+    report = compare_run(run_dir, modes=COMPARE_DEFAULT, threads=threads,
                          out=out / "report", bench_runs=20 if fast else 100, log=say)
     say(f"   exported and compared in {(time.time() - compare_started) / 60:.1f} min")
     report["demo"] = {"seconds": time.time() - started, "train_seconds": trained["seconds"],

@@ -130,7 +130,10 @@ def _class_legend(fig, labels):
 def _side_by_side(plt, report, task, path, dataset, results, labels):
     from keras_fpn.data.images import load_image
 
-    quantized = [v["variant"] for v in report["variants"] if "int8" in v["variant"]]
+    from fpn_export.modes import MODES
+
+    quantized = [v["variant"] for v in report["variants"]
+                 if v["variant"] in MODES and MODES[v["variant"]].full_integer]
     right = quantized[0] if quantized else report["variants"][-1]["variant"]
     records = dataset.records[:SIDE_BY_SIDE_IMAGES]
     fig, axes = plt.subplots(len(records), 2, figsize=(8, 4 * len(records)), squeeze=False)

@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from fpn_export.modes import COMPARE_DEFAULT
 from keras_fpn.tasks import get_task
 
 
@@ -124,7 +125,7 @@ def _row(task: TaskReport, variant: str, file, metrics: dict, reference: dict, l
     return {k: row[k] for k in task.keys}
 
 
-def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None = None,
+def compare_run(run_dir, *, modes=COMPARE_DEFAULT, data: str | None = None,
                 include: str | None = None, threads: int = 2, out: str | os.PathLike | None = None,
                 bench_runs: int = 50, reuse: bool = True, background: bool = True, log=print) -> dict:
     """Measure the float model and every exported variant; write the report.
@@ -133,7 +134,9 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
       run_dir: a run directory of ``keras-fpn train`` (a detector or a segmenter).
       modes: export modes to measure (exported into RUN/ unless already there and
         newer than the checkpoint, when ``reuse``).
-      data, include: evaluation dataset (default: the run's ``data.val``).
+      data, include: evaluation dataset and include list (default: the run's ``data.val`` and
+        ``data.val_include``), without the images that cannot be decoded
+        (``keras_fpn.data.splits.load_eval_split``).
       threads: XNNPACK threads for every TFLite variant.
       out: output folder (default RUN/compare).
       bench_runs: timed runs per variant for latency.
@@ -144,21 +147,20 @@ def compare_run(run_dir, *, modes=("fp32", "int8", "qat-int8"), data: str | None
     Returns:
       The report dict (also written as report.json).
     """
+    from fpn_edge.atomic import check_writable, write_text_atomic
     from fpn_export.convert import default_output_path
     from keras_fpn.compare.background import BackgroundExport, pick_background
     from keras_fpn.compare.plots import write_plots
-    from keras_fpn.rundir import open_run, write_text_atomic
-    from keras_fpn.data.splits import load_datasets, load_split
+    from keras_fpn.data.splits import load_eval_split
+    from keras_fpn.rundir import open_run
+    from keras_fpn.training.checkpoints import verify_checkpoint
 
     run = open_run(run_dir)
     cfg = run.config
     task = get_task(cfg.model.task).report
-    dataset = load_split(data, include, cfg.data.strict) if data else load_datasets(cfg)[1]
-    if dataset is None:
-        raise ValueError(f"{run_dir}: no data.val in the config; pass --data")
-    out = Path(out) if out else run.path / "compare"
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint = run.weights("best")
+    checkpoint = verify_checkpoint(run.weights("best"))
+    dataset = load_eval_split(cfg, data, include, labels=run.labels, where=str(run_dir))
+    out = check_writable(Path(out) if out else run.path / "compare", folder=True)
     steps = len(modes) + 2
     paths = {m: default_output_path(run.path, m) for m in modes}
     up_to_date = {m: reuse and p.is_file() and p.stat().st_mtime >= checkpoint.stat().st_mtime
@@ -186,6 +188,7 @@ def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, be
     from fpn_edge.bench import benchmark
     from fpn_edge.machine import cpu_name
     from fpn_export.convert import export_model
+
 
     checkpoint = run.weights("best")
     log(f"[1/{steps}] float Keras model on {len(dataset)} images")
@@ -237,7 +240,7 @@ def _cell(row: dict, key: str) -> str:
 
 def headline_table(report: dict) -> str:
     """The markdown table a person reads first."""
-    task = get_task(report.get("task", "detection")).report
+    task = get_task(report["task"]).report
     headers = [h for h, _ in task.table]
     lines = ["| variant | " + " | ".join(headers) + f" | latency p50 / p90 (ms) | size (MB) | {task.changes_header} |",
              "|---|" + "---|" * (len(headers) + 3)]
@@ -271,7 +274,7 @@ def _per_class_table(variants: list, key) -> list:
 def format_report(report: dict) -> str:
     from keras_fpn.compare.plots import plot_files
 
-    task = get_task(report.get("task", "detection")).report
+    task = get_task(report["task"]).report
     per_class = []
     for name, key in task.per_class:
         per_class += [f"## Per-class {name}", "", *_per_class_table(report["variants"], key), ""]

@@ -109,10 +109,14 @@ def _with_preset(model: dict) -> dict:
 
     if preset not in PRESETS:
         raise ConfigError(f"model.preset: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    for key, value in model.items():  # a flat key must name its new place, not merge beside the preset
+    return deep_merge(PRESETS[preset], model)
+
+
+def _check_flat_keys(model: dict) -> None:
+    """A key of the old flat model layout names its new place (before anything merges beside it)."""
+    for key, value in model.items():
         if moved_key(key, value):
             raise ConfigError(moved_key_error(key, value))
-    return deep_merge(PRESETS[preset], model)
 
 
 def _parse_override(item: str) -> tuple[list, object]:
@@ -137,20 +141,26 @@ def config_from_dict(raw: dict | None, overrides: typing.Sequence[str] = (),
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"unknown config section {unknown[0]!r} (known: {', '.join(sections)})")
+    for name in sections:
+        if raw.get(name) is not None and not isinstance(raw[name], dict):
+            raise ConfigError(f"{name}: expected a mapping of keys, got {raw[name]!r}")
     merged = {name: dict(raw.get(name) or {}) for name in sections}
-    merged["model"] = _with_preset(merged["model"])
-    for item in overrides:
+    _check_flat_keys(merged["model"])
+    for item in overrides:  # into the file's values; the preset (perhaps an overridden one) goes under them
         parts, value = _parse_override(item)
         if parts[0] not in sections:
             raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}")
         if parts[0] == "model" and len(parts) == 2 and moved_key(parts[1], value):
             raise ConfigError(f"--set {item!r}: " + moved_key_error(parts[1], value))
         node = merged[parts[0]]
-        for part in parts[1:-1]:
+        for depth, part in enumerate(parts[1:-1], start=2):
             child = node.get(part)
-            node[part] = dict(child) if isinstance(child, dict) else {}
+            if child is not None and not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:depth])} is {child!r}, not a mapping")
+            node[part] = dict(child or {})
             node = node[part]
         node[parts[-1]] = value
+    merged["model"] = _with_preset(merged["model"])
     cfg = Config(**{name: _build(name, cls, merged[name]) for name, cls in sections.items()})
     if base_dir is not None:
         cfg = _resolve_paths(cfg, Path(base_dir))
@@ -192,8 +202,10 @@ def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
     return cfg
 
 
-def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a YAML config file (plus overrides); data paths resolve against its folder."""
+def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = (), *,
+                base_dir: str | os.PathLike | None = None) -> Config:
+    """Load a YAML config file (plus overrides); relative paths resolve against ``base_dir``
+    (default: the file's folder)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -204,7 +216,7 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     try:
-        return config_from_dict(raw, overrides, base_dir=path.parent)
+        return config_from_dict(raw, overrides, base_dir=path.parent if base_dir is None else base_dir)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -220,8 +232,13 @@ def config_to_dict(cfg) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def config_yaml(cfg: Config) -> str:
+    """The YAML text ``save_config`` writes."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (``fpn_edge.atomic``)."""
     from fpn_edge.atomic import write_text_atomic
 
-    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    write_text_atomic(path, config_yaml(cfg))

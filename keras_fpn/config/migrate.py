@@ -2,8 +2,9 @@
 
 Until keras-fpn 0.1 ``model`` was one flat mapping (``fpn_width``, ``anchor_scale``,
 ``seg_width``, ...). A flat key now fails with a ``ConfigError`` that names its new
-place; ``keras-fpn configs migrate FILE`` (``migrate_model_section``) rewrites a
-file's model section (YAML comments are not kept: the command says so).
+place; ``keras-fpn configs migrate FILE`` (``migrate_yaml_text``) rewrites a
+file's model section, moving each one-line key with its comment (where a file's
+lines do not allow that, a YAML dump without comments, and the command says so).
 """
 from __future__ import annotations
 

@@ -15,12 +15,16 @@ A ``Config`` has four sections. ``model`` is itself a small tree::
     export: TFLite export and quantization
 
 The defaults are a generic RetinaNet-style MobileNetV2 FPN (P3-P7, width 128,
-4 x 128 towers, 9 anchors, ReLU); the named presets (``keras_fpn.models.presets``)
-are complete starting points and differ from it (e.g. ReLU6 for the mobile ones).
+4 x 128 towers, 9 anchors, ReLU); a named preset (``keras_fpn.models.presets``)
+sets the architecture keys (image size, activation, backbone, neck, head,
+anchors; e.g. ReLU6 for the mobile ones) and leaves the rest at these defaults.
 Every check raises ``ConfigError`` naming the key.
 """
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,12 +68,43 @@ def _one_of(key: str, value, allowed) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
+def _integer(key: str, value, low: int, high: int | None = None, *, optional: bool = False) -> None:
+    """``low <= value [<= high]`` (None allowed when ``optional``), or ConfigError naming the key."""
+    if value is None and optional:
+        return
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(f"{key} must be an integer {bound}{' or null' if optional else ''}, got {value!r}")
+
+
+def _number(key: str, value, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = False, optional: bool = False) -> None:
+    """A finite number within the bounds (open or closed), or ConfigError naming the key."""
+    if value is None and optional:
+        return
+    ok = math.isfinite(value)
+    ok = ok and (low is None or (value > low if low_open else value >= low))
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
+        hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
+        bound = f"in {lo}, {hi}" if lo and hi else (f"> {low:g}" if low_open else f">= {low:g}") if lo else \
+            (f"< {high:g}" if high_open else f"<= {high:g}")
+        raise ConfigError(f"{key} must be a finite number {bound}{' or null' if optional else ''}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     """The bottom-up network (``keras_fpn.models.backbones``)."""
     name: str = "mobilenetv2"
     alpha: float = 1.0
     weights: str | None = "imagenet"    # "imagenet" (download), a .weights.h5 path, or null (random)
+
+    def __post_init__(self):
+        from keras_fpn.models.backbones import BACKBONES
+
+        _one_of("model.backbone.name", self.name, BACKBONES)
+        _number("model.backbone.alpha", self.alpha, 0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -90,6 +125,7 @@ class NeckConfig:
             raise ConfigError(f"model.neck.min_level/max_level must satisfy 2 <= min_level <= 5 and "
                               f"min_level <= max_level <= 7, got {self.min_level}..{self.max_level}")
         _one_of("model.neck.extra_levels_from", self.extra_levels_from, ("C5", "P5"))
+        _integer("model.neck.width", self.width, 1)
 
 
 @dataclass(frozen=True)
@@ -102,6 +138,9 @@ class HeadConfig:
 
     def __post_init__(self):
         _one_of("model.head.kind", self.kind, HEADS)
+        _integer("model.head.width", self.width, 1)
+        _integer("model.head.depth", self.depth, 0)
+        _number("model.head.prior_probability", self.prior_probability, 0, 1, low_open=True, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -112,6 +151,16 @@ class AnchorConfig:
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     box_scale_factors: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
 
+    def __post_init__(self):
+        _number("model.anchors.scale", self.scale, 0, low_open=True)
+        _integer("model.anchors.scales_per_octave", self.scales_per_octave, 1)
+        if not self.aspect_ratios:
+            raise ConfigError("model.anchors.aspect_ratios must hold at least one ratio, got []")
+        for value in self.aspect_ratios:
+            _number("model.anchors.aspect_ratios", value, 0, low_open=True)
+        for value in self.box_scale_factors:
+            _number("model.anchors.box_scale_factors", value, 0, low_open=True)
+
 
 @dataclass(frozen=True)
 class PostprocessConfig:
@@ -120,6 +169,12 @@ class PostprocessConfig:
     iou_threshold: float = 0.5
     max_detections: int = 100
     max_detections_per_class: int = 100
+
+    def __post_init__(self):
+        _number("model.postprocess.score_threshold", self.score_threshold, 0, 1, high_open=True)
+        _number("model.postprocess.iou_threshold", self.iou_threshold, 0, 1, low_open=True)
+        _integer("model.postprocess.max_detections", self.max_detections, 1)
+        _integer("model.postprocess.max_detections_per_class", self.max_detections_per_class, 1)
 
 
 @dataclass(frozen=True)
@@ -133,6 +188,7 @@ class SegmentationHeadConfig:
 
     def __post_init__(self):
         _one_of("model.segmentation.final_upsample", self.final_upsample, ("bilinear", "nearest"))
+        _integer("model.segmentation.width", self.width, 1)
 
 
 @dataclass(frozen=True)
@@ -154,6 +210,8 @@ class ModelConfig:
     def __post_init__(self):
         _one_of("model.task", self.task, TASK_NAMES)
         _one_of("model.activation", self.activation, ("relu", "relu6"))
+        _integer("model.num_classes", self.num_classes, 0)
+        _number("model.bn_momentum", self.bn_momentum, 0, 1, high_open=True)
         check_image_size(self.image_size)
         ignore = self.segmentation.ignore_label
         if not 0 <= ignore <= 255 or (self.num_classes and ignore <= self.num_classes):
@@ -185,6 +243,11 @@ class DataConfig:
     scale_jitter: tuple[float, float] = (0.8, 1.25)
     photometric: bool = True
     cache: bool = True                 # keep decoded images in memory (small datasets)
+
+    def __post_init__(self):
+        low, high = self.scale_jitter
+        _number("data.scale_jitter", low, 0, low_open=True)
+        _number("data.scale_jitter", high, low)
 
 
 @dataclass(frozen=True)
@@ -221,8 +284,26 @@ class TrainConfig:
     def __post_init__(self):
         _one_of("train.optimizer", self.optimizer, ("sgd", "adamw"))
         _one_of("train.matcher", self.matcher, ("iou", "atss"))
-        if self.atss_top_k < 1:
-            raise ConfigError(f"train.atss_top_k must be >= 1, got {self.atss_top_k}")
+        _integer("train.epochs", self.epochs, 1)
+        _integer("train.steps_per_epoch", self.steps_per_epoch, 1, optional=True)
+        _integer("train.batch_size", self.batch_size, 1)
+        _number("train.learning_rate", self.learning_rate, 0, low_open=True)
+        _number("train.momentum", self.momentum, 0, 1, high_open=True)
+        _number("train.weight_decay", self.weight_decay, 0)
+        _number("train.warmup_epochs", self.warmup_epochs, 0)
+        _number("train.clipnorm", self.clipnorm, 0, low_open=True, optional=True)
+        _integer("train.freeze_backbone_epochs", self.freeze_backbone_epochs, 0)
+        _integer("train.precise_bn_batches", self.precise_bn_batches, 0)
+        _integer("train.eval_every", self.eval_every, 0)
+        _integer("train.seed", self.seed, 0, 2 ** 32 - 1)
+        _integer("train.atss_top_k", self.atss_top_k, 1)
+        _number("train.positive_iou", self.positive_iou, 0, 1, low_open=True)
+        _number("train.negative_iou", self.negative_iou, 0, self.positive_iou)
+        _number("train.focal_alpha", self.focal_alpha, 0, 1)
+        _number("train.focal_gamma", self.focal_gamma, 0)
+        _number("train.box_loss_delta", self.box_loss_delta, 0, low_open=True)
+        _number("train.box_loss_weight", self.box_loss_weight, 0)
+        _number("train.dice_weight", self.dice_weight, 0)
         _one_of("train.strategy", self.strategy, STRATEGIES)
         if self.devices is not None:
             if self.strategy != "mirrored":
@@ -249,6 +330,13 @@ class ExportConfig:
     qat_learning_rate: float = 1e-5      # Adam; 1e-4 cost 4.4 % AP on the converged raccoon model (DESIGN.md)
     qat_batch_size: int = 8
 
+    def __post_init__(self):
+        _integer("export.representative_images", self.representative_images, 1)
+        _one_of("export.int8_io", self.int8_io, ("uint8", "int8", "float32"))
+        _integer("export.qat_steps", self.qat_steps, 1)
+        _number("export.qat_learning_rate", self.qat_learning_rate, 0, low_open=True)
+        _integer("export.qat_batch_size", self.qat_batch_size, 1)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -256,6 +344,15 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    @classmethod
+    def from_yaml(cls, path_or_name: str | os.PathLike,
+                  overrides: Sequence[str] | Mapping[str, object] | None = None) -> Config:
+        """A config from a YAML file, or from a shipped config by name (``keras-fpn configs`` lists them),
+        plus ``overrides``: ``["train.epochs=5"]`` or ``{"train.epochs": 5}`` (``keras_fpn.config.shipped``)."""
+        from keras_fpn.config.shipped import load_path_or_name
+
+        return load_path_or_name(path_or_name, overrides)
 
     def __post_init__(self):
         allowed = get_task(self.model.task).checkpoint_metrics

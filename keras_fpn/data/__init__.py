@@ -7,11 +7,12 @@ without TensorFlow; the preprocessing, augmentation, pipeline and TFRecord
 names are loaded on first use.
 """
 from keras_fpn.data.coco import read_coco
-from keras_fpn.data.dataset import DetectionDataset, DetectionRecord, LabelMap, include_images, verify_images
+from keras_fpn.data.dataset import (DetectionDataset, DetectionRecord, LabelMap, drop_undecodable, include_images,
+                                    verify_images)
 from keras_fpn.data.formats import FORMATS, detect_format, read_dataset
 from keras_fpn.data.images import DataError, load_image, read_image_info
 from keras_fpn.data.issues import DataIssue
-from keras_fpn.data.splits import load_datasets, load_split
+from keras_fpn.data.splits import load_datasets, load_eval_split, load_split
 from keras_fpn.data.synthetic import generate_synthetic_coco
 from keras_fpn.data.voc import read_voc
 from keras_fpn.data.yolo import read_yolo
@@ -33,9 +34,9 @@ _LAZY = {
 }
 
 __all__ = ["DataError", "DataIssue", "DetectionDataset", "DetectionRecord", "FORMATS", "LabelMap",
-           "detect_format", "generate_synthetic_coco", "include_images", "load_datasets", "load_image",
-           "load_split", "read_coco", "read_dataset", "read_image_info", "read_voc", "read_yolo",
-           "verify_images", *_LAZY]
+           "detect_format", "drop_undecodable", "generate_synthetic_coco", "include_images", "load_datasets",
+           "load_eval_split", "load_image", "load_split", "read_coco", "read_dataset", "read_image_info",
+           "read_voc", "read_yolo", "verify_images", *_LAZY]
 
 
 def __getattr__(name):

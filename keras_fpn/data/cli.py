@@ -11,6 +11,8 @@ import json
 import logging
 import sys
 
+from fpn_edge.argtypes import nonneg_int, positive_float, positive_int
+from fpn_edge.atomic import check_writable
 from keras_fpn.data.issues import BAD_ACTIONS
 from keras_fpn.data.formats import FORMATS, read_dataset
 from keras_fpn.data.images import DataError
@@ -31,11 +33,16 @@ def _image_size(text: str):
         vals = [int(p) for p in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}") from None
-    if len(vals) == 1:
-        return (vals[0], vals[0])
-    if len(vals) == 2:
-        return tuple(vals)
-    raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}")
+    if len(vals) not in (1, 2) or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"image size must be N or HxW (positive), got {text!r}")
+    return (vals[0], vals[-1])
+
+
+def _level(text: str) -> int:
+    value = nonneg_int(text)
+    if not 2 <= value <= 7:
+        raise argparse.ArgumentTypeError(f"pyramid levels are 2..7, got {value}")
+    return value
 
 
 def _read(args):
@@ -61,6 +68,7 @@ def convert_dataset(src, out, *, to: str = "coco", format=None, strict: bool = F
     if to != "coco":
         raise DataError(f"{out}: can only convert to coco, not {to!r}")
     ds = read_dataset(src, format=format, strict=strict)
+    refuse_input_as_output(out, src, ds)
     if verify:
         from keras_fpn.data.dataset import verify_images
         ds = verify_images(ds, strict=strict)
@@ -70,8 +78,26 @@ def convert_dataset(src, out, *, to: str = "coco", format=None, strict: bool = F
             "skipped": bad, "repaired": len(ds.issues) - bad}
 
 
+def refuse_input_as_output(out, src, dataset) -> None:
+    """Raise DataError when ``out`` is a file the dataset was read from: the source file (a COCO JSON,
+    a TFRecord), one of its images, or an annotation file (``.xml``, ``.txt``) in a source folder."""
+    import os
+
+    out = os.path.abspath(os.fspath(out))
+    if not os.path.exists(out):
+        return
+    src_path = os.fspath(src).split(":", 1)[1] if os.fspath(src).split(":", 1)[0] in FORMATS else os.fspath(src)
+    inputs = [src_path] + [r.image_path for r in dataset.records]
+    if any(os.path.isfile(p) and os.path.samefile(p, out) for p in inputs):
+        raise DataError(f"{out}: is an input of the dataset {src}; write the output to another file")
+    if os.path.isdir(src_path) and out.lower().endswith((".xml", ".txt")) and \
+            os.path.commonpath([os.path.abspath(src_path), out]) == os.path.abspath(src_path):
+        raise DataError(f"{out}: is an annotation file of the dataset {src}; write the output to another file")
+
+
 def run_convert(args) -> int:
     """``data convert``: print a one-line summary."""
+    check_writable(args.out)
     _ensure_logging()
     r = convert_dataset(args.src, args.out, to=args.to, format=args.format, strict=args.strict,
                         verify=args.verify)
@@ -84,6 +110,8 @@ def run_stats(args) -> int:
     """``data stats``: print the report (or JSON with --json)."""
     from keras_fpn.data.stats import compute_stats, format_stats
 
+    if args.min_level > args.max_level:
+        raise DataError(f"--min-level {args.min_level} is above --max-level {args.max_level}")
     _ensure_logging()
     stats = compute_stats(_read(args), args.image_size, args.min_level, args.max_level,
                           args.anchor_scale)
@@ -95,8 +123,11 @@ def run_preview(args) -> int:
     """``data preview``: write the PNG grid."""
     from keras_fpn.data.preview import render_preview
 
+    check_writable(args.out)
     _ensure_logging()
-    path = render_preview(_read(args), args.out, num=args.num, augmented=args.augmented,
+    dataset = _read(args)
+    refuse_input_as_output(args.out, args.dataset, dataset)
+    path = render_preview(dataset, args.out, num=args.num, augmented=args.augmented,
                           image_size=args.image_size, seed=args.seed)
     print(f"wrote {path}")
     return 0
@@ -106,6 +137,7 @@ def run_synthetic(args) -> int:
     """``data synthetic``: generate the synthetic COCO dataset."""
     from keras_fpn.data.synthetic import generate_synthetic_coco
 
+    check_writable(args.out_dir, folder=True)
     _ensure_logging()
     r = generate_synthetic_coco(args.out_dir, num_train=args.num_train, num_val=args.num_val,
                                 image_size=args.image_size, seed=args.seed,
@@ -144,9 +176,9 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="counts, COCO size bins, pyramid levels")
     common(p)
     p.add_argument("--image-size", type=_image_size, default=(320, 320), help="N or HxW")
-    p.add_argument("--min-level", type=int, default=3)
-    p.add_argument("--max-level", type=int, default=7)
-    p.add_argument("--anchor-scale", type=float, default=4.0)
+    p.add_argument("--min-level", type=_level, default=3)
+    p.add_argument("--max-level", type=_level, default=7)
+    p.add_argument("--anchor-scale", type=positive_float, default=4.0)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_stats)
 
@@ -154,19 +186,19 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--augmented", action="store_true", help="apply training augmentation")
-    p.add_argument("--num", type=int, default=16)
+    p.add_argument("--num", type=positive_int, default=16)
     p.add_argument("--image-size", type=_image_size, default=(320, 320), help="N or HxW")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_preview)
 
     p = sub.add_parser("synthetic", help="generate the synthetic shapes COCO dataset")
     p.add_argument("out_dir")
-    p.add_argument("--num-train", type=int, default=2000)
-    p.add_argument("--num-val", type=int, default=200)
-    p.add_argument("--image-size", type=int, default=320)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-train", type=positive_int, default=2000)
+    p.add_argument("--num-val", type=nonneg_int, default=200)
+    p.add_argument("--image-size", type=positive_int, default=320)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--no-masks", action="store_true")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=positive_int, default=None)
     p.add_argument("--style", choices=("cluttered", "clean"), default="cluttered",
                    help="cluttered: textured background, sizes scale with --image-size (default); "
                         "clean: smooth background, small objects >= 12 px at any size (the demo's)")

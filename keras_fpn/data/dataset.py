@@ -32,7 +32,7 @@ import numpy as np
 
 from fpn_edge import atomic
 from keras_fpn.data.images import DataError, PathLike
-from keras_fpn.data.issues import IssueLog
+from keras_fpn.data.issues import DataIssue, IssueLog
 
 logger = logging.getLogger("keras_fpn.data")
 
@@ -345,20 +345,68 @@ def include_images(dataset: DetectionDataset, include: PathLike) -> DetectionDat
         raise DataError(f"{include}: a CSV include list needs a 'filename' column")
     else:
         names = {os.path.basename(line.strip()) for line in lines}
-    have = {os.path.basename(r.image_path): i for i, r in enumerate(dataset.records)}
-    missing = sorted(names - set(have))
+    base = [os.path.basename(r.image_path) for r in dataset.records]
+    missing = sorted(names - set(base))
     if names and len(missing) == len(names):
         raise DataError(f"{include}: none of its {len(names)} image names are in {dataset.source}")
     if missing:
         logger.warning("%s: %d listed image(s) not in the dataset (skipped or absent), e.g. %s",
                        include, len(missing), missing[0])
-    return dataset.subset(sorted(have[n] for n in names if n in have))
+    return dataset.subset([i for i, name in enumerate(base) if name in names])  # every record of a listed name
+
+
+def _decode_check(dataset: DetectionDataset, strict: bool):
+    """``(index, record, decoded shape or DataError)`` of every record, decoded on a few threads
+    (Pillow releases the GIL), in record order; ``strict`` raises at the first failure."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keras_fpn.data.images import load_image
+
+    def shape(record):
+        try:
+            return load_image(record.image_path).shape
+        except DataError as e:
+            if strict:
+                raise
+            return e
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        yield from zip(range(len(dataset)), dataset.records, pool.map(shape, dataset.records))
+
+
+def drop_undecodable(dataset: DetectionDataset, strict: bool = False) -> DetectionDataset:
+    """The dataset without the records whose image cannot be decoded: the undecodable-image rule.
+
+    An image that cannot be decoded (missing, truncated, corrupt, over the size limit) goes
+    with all its boxes and one WARNING line naming the file, so an evaluation counts it
+    nowhere: neither in the images nor in the ground truth. ``keras-fpn evaluate``,
+    ``compare`` and the validation during ``train`` check their evaluation set with it
+    first (training batches skip such an image when the pipeline meets it).
+
+    Args:
+        dataset: The DetectionDataset.
+        strict: Raise DataError at the first undecodable image instead.
+
+    Returns:
+        The dataset itself when every image decodes, else the subset (its issues extended).
+    """
+    keep, issues = [], []
+    for i, record, result in _decode_check(dataset, strict):
+        if isinstance(result, DataError):
+            logger.warning("%s; skipped image with its %d box(es)", result, record.num_objects)
+            issues.append(DataIssue(record.image_path, str(result).split(": ", 1)[-1], "skipped image"))
+        else:
+            keep.append(i)
+    if not issues:
+        return dataset
+    return dataclasses.replace(dataset.subset(keep), issues=dataset.issues + tuple(issues))
 
 
 def verify_images(dataset: DetectionDataset, strict: bool = False) -> DetectionDataset:
     """Decode every image fully and drop the ones that fail (readers only read headers).
 
-    Catches truncated or corrupt pixel data, which a header read cannot see.
+    Catches truncated or corrupt pixel data, which a header read cannot see, and
+    images whose decoded size differs from the record's.
 
     Args:
         dataset: The DetectionDataset.
@@ -367,21 +415,16 @@ def verify_images(dataset: DetectionDataset, strict: bool = False) -> DetectionD
     Returns:
         The dataset without undecodable images (its issues extended).
     """
-    from keras_fpn.data.images import load_image
-
     log = IssueLog(f"verify_images({dataset.source})", strict)
     keep = []
-    for i, r in enumerate(dataset.records):
-        try:
-            image = load_image(r.image_path)
-        except DataError as e:
-            log.bad(r.image_path, str(e).split(": ", 1)[-1], "skipped image")
-            continue
-        if image.shape[:2] != (r.height, r.width):
-            log.bad(r.image_path, f"decodes to {image.shape[1]}x{image.shape[0]}, the record says "
+    for i, r, result in _decode_check(dataset, strict):
+        if isinstance(result, DataError):
+            log.bad(r.image_path, str(result).split(": ", 1)[-1], "skipped image")
+        elif result[:2] != (r.height, r.width):
+            log.bad(r.image_path, f"decodes to {result[1]}x{result[0]}, the record says "
                     f"{r.width}x{r.height}", "skipped image")
-            continue
-        keep.append(i)
+        else:
+            keep.append(i)
     out = dataclasses.replace(dataset.subset(keep), issues=dataset.issues + tuple(log.issues))
     log.summary(out.num_images, out.num_boxes)
     return out

@@ -7,10 +7,14 @@ The decoding rule (the edge runtime ``fpn_edge`` must reproduce it exactly):
 2. Apply the EXIF orientation (``PIL.ImageOps.exif_transpose``). Boxes in
    every annotation format refer to this *displayed* image, as annotation
    tools show it, and record ``width``/``height`` are its size.
-3. Convert to 8-bit RGB:
+3. Convert to 8-bit RGB by ``fpn_edge.preprocess.pil_to_rgb`` (the one
+   implementation; the edge runtime decodes with it too):
 
-   - ``RGB``: as is. ``L``, ``CMYK``, ``YCbCr``, ``I``, ``I;16``, ``F``,
-     palette without transparency...: Pillow's ``convert("RGB")``.
+   - ``RGB``: as is. ``L``, ``CMYK``, ``YCbCr``, ``I``, ``F``, palette
+     without transparency...: Pillow's ``convert("RGB")``.
+   - 16-bit grayscale (``I;16``, e.g. a 16-bit PNG): the high byte of each
+     sample, as Pillow itself reduces 16-bit colour PNGs to 8 bits
+     (``convert("RGB")`` would clip every value above 255 to white).
    - Anything with an alpha channel (``RGBA``, ``LA``, ``PA``, palette or
      ``L``/``RGB`` with a ``transparency`` entry) is first converted to
      ``RGBA`` by Pillow and then composited over **white** with integer
@@ -19,6 +23,9 @@ The decoding rule (the edge runtime ``fpn_edge`` must reproduce it exactly):
      what web cut-out images (the RGBA files in the fruit set) were made to
      be shown on; the colour stored under alpha 0 is arbitrary (white in some
      files, black in others) and is never used.
+
+An image over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``
+x 2, ~179 M pixels) is a ``DataError`` like any undecodable file.
 """
 from __future__ import annotations
 
@@ -28,6 +35,8 @@ from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fpn_edge.preprocess import pil_to_rgb
 
 PathLike = Union[str, os.PathLike]
 
@@ -93,35 +102,12 @@ def read_image_info(path: PathLike) -> ImageInfo:
             w, h = img.size
             orient = _orientation(img)
             fmt, mode = img.format or "", img.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable image ({_one_line(e)})") from None
     if w <= 0 or h <= 0:
         raise DataError(f"{path}: image has size {w}x{h}")
     dw, dh = (h, w) if orient in _ROTATING_ORIENTATIONS else (w, h)
     return ImageInfo(dw, dh, w, h, fmt, mode, orient)
-
-
-def _has_alpha(img: Image.Image) -> bool:
-    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-
-
-def to_rgb_array(img: Image.Image) -> np.ndarray:
-    """Convert a decoded Pillow image to uint8 RGB by the module's rule.
-
-    Args:
-        img: A loaded Pillow image (any mode), already EXIF-transposed.
-
-    Returns:
-        uint8 array [H, W, 3]; alpha composited over white.
-    """
-    if _has_alpha(img):
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)
-        a = rgba[..., 3:4]
-        out = (rgba[..., :3] * a + 255 * (255 - a) + 127) // 255
-        return np.ascontiguousarray(out.astype(np.uint8))
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
 def load_image(path: PathLike) -> np.ndarray:
@@ -142,9 +128,8 @@ def load_image(path: PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()  # full decode: truncated data raises here
-            img = ImageOps.exif_transpose(img)
-            return to_rgb_array(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            return np.ascontiguousarray(pil_to_rgb(ImageOps.exif_transpose(img)))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot decode image ({_one_line(e)})") from None
 
 

@@ -164,21 +164,3 @@ def clean_boxes(yxyx: np.ndarray, width: int, height: int, file: PathLike, log: 
     return clipped[keep].astype(np.float32), keep
 
 
-def unique_image_ids(records: list, log: IssueLog) -> list:
-    """Drop records whose image_id repeats an earlier one (WARNING each).
-
-    Args:
-        records: DetectionRecords in reading order.
-        log: The IssueLog.
-
-    Returns:
-        The records with first-seen image ids only.
-    """
-    seen, out = set(), []
-    for r in records:
-        if r.image_id in seen:
-            log.bad(r.image_path, f"duplicate image id {r.image_id}", "skipped image")
-            continue
-        seen.add(r.image_id)
-        out.append(r)
-    return out

@@ -11,8 +11,9 @@ and large ranges. Two styles (``STYLES``):
   sizes (square root of the visible area) 10-28 / 36-88 / 104-176 px at
   ``image_size`` = 320, scaled with ``image_size``.
 - ``clean`` (the demo's): a smooth two-colour gradient with faint noise; sizes
-  12-30 / 36-88 / 100-(0.8 * ``image_size``) px at any ``image_size``, so
-  that small objects stay at least 12 px wide at the demo's 192 px.
+  12-30 / 36-88 / 100-(0.8 * ``image_size``) px, so that small objects stay
+  at least 12 px wide at the demo's 160 px; below 125 px every bin is capped
+  at 0.8 * ``image_size``, and one whose start passes the cap starts at half of it.
 A new object may cover at most 25 % of any earlier one and at most 25 % of it
 may be covered; later objects are drawn on top and every annotation (bbox,
 area, mask) describes the *visible* part. Masks are COCO compressed RLE.
@@ -107,7 +108,9 @@ def _size_bins(style: str, size: int) -> tuple:
     bins = STYLES[style][1]
     if bins is None:
         return tuple((lo * size / 320.0, hi * size / 320.0) for lo, hi in _SIZE_BINS)
-    return tuple((lo, 0.8 * size if hi is None else hi) for lo, hi in bins)
+    top = 0.8 * size  # no object wider than 80 % of the image; small images shrink the bins that reach past it
+    capped = [(lo, top if hi is None else min(hi, top)) for lo, hi in bins]
+    return tuple((lo if lo < hi else hi / 2, hi) for lo, hi in capped)
 
 
 def _background(rng: np.random.Generator, size: int, clutter: bool) -> np.ndarray:
@@ -312,8 +315,3 @@ def generate_synthetic_coco(out_dir: PathLike, num_train: int = 2000, num_val: i
     return result
 
 
-def default_synthetic_dir(root: Optional[PathLike] = None) -> str:
-    """Folder for the default synthetic dataset (``$KERAS_FPN_CACHE`` or ~/.cache/keras_fpn)."""
-    base = root or os.environ.get("KERAS_FPN_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "keras_fpn")
-    return os.path.join(os.fspath(base), "synthetic_shapes")

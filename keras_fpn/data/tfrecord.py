@@ -108,7 +108,8 @@ def read_tfrecord(paths: Union[PathLike, Sequence[PathLike]], *, extract_dir: Op
                     continue
                 items.append((where, index, ex))
         except tf.errors.DataLossError as e:
-            log.bad(f, f"corrupt TFRecord file ({' '.join(str(e).split())[:120]})", "skipped file")
+            reason = re.sub(r"\{\{.*?\}\}", "", getattr(e, "message", "") or str(e))  # TF's node name
+            log.bad(f, f"corrupt or truncated TFRecord file ({' '.join(reason.split())[:120]})", "skipped file")
 
     records, seen_ids = [], set()
     parsed = []

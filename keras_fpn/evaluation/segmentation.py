@@ -278,9 +278,10 @@ def tflite_class_maps(model_path, dataset, *, threads: int | None = None):
         yield record, seg.segment(load_image(record.image_path))
 
 
-def evaluate_tflite(model_path, dataset, *, tolerance: int = BOUNDARY_TOLERANCE, threads: int | None = None,
+def evaluate_tflite(model_path, dataset, *, tolerance: int | None = None, threads: int | None = None,
                     ignore_label: int = 255) -> dict:
     """mIoU / per-class IoU / boundary F of an exported segmenter on a dataset (``tflite_class_maps``):
     the same metrics as ``evaluate_segmentation``, for float vs int8 comparisons."""
+    tolerance = BOUNDARY_TOLERANCE if tolerance is None else tolerance
     return score_class_maps(tflite_class_maps(model_path, dataset, threads=threads), dataset.label_map.names,
                             ignore_label=ignore_label, tolerance=tolerance)

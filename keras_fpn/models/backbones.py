@@ -73,24 +73,40 @@ def _load_weights(model, name: str, weights: str | None) -> None:
         model.load_weights(path)
     except Exception as exc:  # Keras raises ValueError/OSError with long messages
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, OSError):  # h5py: truncated or not HDF5
+            raise WeightsError(f"{path}: cannot read the backbone weights file, it is truncated or not "
+                               f"a .weights.h5 file ({first})") from None
         raise WeightsError(f"{path}: does not match backbone {name!r} ({first})") from None
 
 
 def _imagenet_weights(ns: ModuleType, model, name: str, alpha: float) -> None:
     """Copy Keras' downloadable ImageNet weights into ``model`` (same layer order).
 
-    This is the normal Keras download path for users with network access.
+    This is the normal Keras download path for users with network access. Keras warns that
+    a non-224 input loads the 224 px weights: only the weights are copied, so the warning
+    is silenced. A failed download (offline) or an alpha Keras has no weights for is a
+    ``WeightsError`` (one line) instead of Keras' traceback.
     """
+    import warnings
+
     apps = ns.applications
     shape = tuple(model.inputs[0].shape[1:])
-    if name == "mobilenetv2":
-        ref = apps.MobileNetV2(alpha=alpha, include_top=False, weights="imagenet", input_shape=shape)
-    elif name.startswith("mobilenetv3"):
-        ctor = apps.MobileNetV3Large if "large" in name else apps.MobileNetV3Small
-        ref = ctor(alpha=alpha, minimalistic=name.endswith("_minimalistic"), include_top=False,
-                   weights="imagenet", include_preprocessing=False, input_shape=shape)
-    else:
-        ref = apps.ResNet50(include_top=False, weights="imagenet", input_shape=shape)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            if name == "mobilenetv2":
+                ref = apps.MobileNetV2(alpha=alpha, include_top=False, weights="imagenet", input_shape=shape)
+            elif name.startswith("mobilenetv3"):
+                ctor = apps.MobileNetV3Large if "large" in name else apps.MobileNetV3Small
+                ref = ctor(alpha=alpha, minimalistic=name.endswith("_minimalistic"), include_top=False,
+                           weights="imagenet", include_preprocessing=False, input_shape=shape)
+            else:
+                ref = apps.ResNet50(include_top=False, weights="imagenet", input_shape=shape)
+    except Exception as exc:  # Keras raises a bare Exception for a failed download
+        first = " ".join(str(exc).split()) or type(exc).__name__
+        raise WeightsError(f"model.backbone.weights: imagenet: cannot get Keras' ImageNet weights of {name} "
+                           f"(alpha {alpha:g}): {first}; without network access set it to a downloaded "
+                           ".weights.h5 file or null") from None
     model.set_weights(ref.get_weights())
 
 

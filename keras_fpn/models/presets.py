@@ -1,4 +1,4 @@
-"""Named architecture presets: complete ``model`` sections (the ``ModelConfig`` tree) to start from.
+"""Named architecture presets: the architecture keys of a ``model`` section (backbone, neck, head, anchors).
 
 ==========================  ======================================  =========================================
 preset                      follows                                 what it is

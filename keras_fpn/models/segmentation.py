@@ -117,8 +117,6 @@ def build_segmenter(cfg, *, ns: ModuleType = keras, batch_size: int | None = Non
       A functional ``ns.Model`` named ``fpn_segmenter`` with the one output
       ``{"seg_logits": [B, H, W, num_classes + 1]}``.
     """
-    if cfg.neck.min_level > BACKBONE_MAX_LEVEL:
-        raise ValueError(f"segmentation needs min_level <= 5, got {cfg.neck.min_level}")
     inputs, features, pyramid = build_pyramid(cfg, ns=ns, batch_size=batch_size,
                                               backbone_weights=backbone_weights, min_level=cfg.neck.min_level,
                                               max_level=min(cfg.neck.max_level, BACKBONE_MAX_LEVEL))

@@ -147,7 +147,6 @@ def encode_targets(gt_boxes, gt_classes, anchors, *, matcher: str = "iou", posit
     valid = gt_classes >= 0
     gt_boxes = tf.boolean_mask(gt_boxes, valid)
     gt_classes = tf.boolean_mask(gt_classes, valid)
-    num_gt = tf.shape(gt_boxes)[0]
     num_anchors = tf.shape(anchors)[0]
 
     iou = box_iou(gt_boxes, anchors)  # (N, A)

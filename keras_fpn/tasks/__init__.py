@@ -8,8 +8,11 @@ directory, the CLI, export and compare call the task of a config through
 ``get_task(cfg.model.task)`` and never branch on its name.
 
 Adding a task: write its implementation modules (model builder, pipeline,
-losses, evaluation, ``fpn_export`` exporter, ``fpn_edge`` runner), one module
-here that declares them as a ``Task``, and one line in ``_REGISTRY`` below.
+losses, evaluation, ``fpn_export`` exporter, ``fpn_edge`` runner, compare
+report, and its own ``model`` config section if it has keys of its own), one
+module here that declares them as a ``Task``, one line in ``_REGISTRY`` below,
+and one entry in each of the edge runtime's tables
+(``fpn_edge.runner.RUNNERS``, ``fpn_edge.metadata.TASK_SCHEMAS``).
 """
 from __future__ import annotations
 

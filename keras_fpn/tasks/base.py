@@ -17,14 +17,11 @@ class Task:
         name: the ``model.task`` value.
         checkpoint_metrics: the ``train.checkpoint_metric`` values this task logs
             (higher is better except ``val_loss``).
-        edge_runner: the ``fpn_edge`` runner class that runs its exports
-            (``Detector``, ``Segmenter``); the .tflite metadata's ``task`` selects it there.
         can_predict: ``keras-fpn predict`` supports it (else ``predict_hint`` says what to use).
     """
 
     name: str = ""
     checkpoint_metrics: tuple = ()
-    edge_runner: str = ""
     can_predict: bool = False
     predict_hint: str = ""
 
@@ -80,8 +77,10 @@ class Task:
         """The ``keras_fpn.compare.report.TaskReport`` that ``keras-fpn compare`` uses."""
         raise NotImplementedError
 
-    def predict(self, run, paths, out, *, threshold: float, max_detections: int, which: str) -> int:
-        """``keras-fpn predict``: write results for ``paths`` into ``out``; returns the number of images."""
+    def predict(self, run, paths, out, *, threshold: float, max_detections: int, which: str,
+                on_error=None) -> tuple[int, list]:
+        """``keras-fpn predict``: write results for ``paths`` into ``out``; an image that cannot be read
+        is reported to ``on_error(message)`` and the others go on. Returns ``(images done, [errors])``."""
         raise NotImplementedError
 
 

@@ -23,7 +23,6 @@ def matcher_options(cfg) -> dict:
 class DetectionTask(Task):
     name = "detection"
     checkpoint_metrics = ("val_AP", "val_loss")
-    edge_runner = "Detector"
     can_predict = True
 
     def build_model(self, model_cfg, *, ns, batch_size, backbone_weights):
@@ -85,10 +84,11 @@ class DetectionTask(Task):
 
         return REPORT
 
-    def predict(self, run, paths, out, *, threshold, max_detections, which):
+    def predict(self, run, paths, out, *, threshold, max_detections, which, on_error=None):
         from keras_fpn.training.predict import predict_images
 
-        return predict_images(run, paths, out, threshold=threshold, max_detections=max_detections, which=which)
+        return predict_images(run, paths, out, threshold=threshold, max_detections=max_detections, which=which,
+                              on_error=on_error)
 
 
 DETECTION = DetectionTask()

@@ -13,15 +13,14 @@ from keras_fpn.tasks.base import Task, pipeline_options
 class SegmentationTask(Task):
     name = "segmentation"
     checkpoint_metrics = ("val_mIoU", "val_loss")
-    edge_runner = "Segmenter"
     can_predict = False
     predict_hint = ("`predict` draws detections; for a segmentation run use `keras-fpn export RUN --mode fp32` "
                     "and `fpn-edge segment MODEL IMAGE --out DIR`")
 
     def check_model_config(self, model_cfg):
         if model_cfg.neck.kind != "fpn":
-            return (f"model.neck {model_cfg.neck.kind!r} is a detection ablation; model.task "
-                    f"{self.name!r} needs neck: fpn")
+            return (f"model.neck.kind {model_cfg.neck.kind!r} is a detection ablation; model.task "
+                    f"{self.name!r} needs model.neck.kind: fpn")
         return None
 
     def build_model(self, model_cfg, *, ns, batch_size, backbone_weights):

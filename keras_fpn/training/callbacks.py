@@ -1,4 +1,5 @@
-"""Callbacks of ``keras-fpn train``: backup for resume, precise BN, evaluation + checkpoints."""
+"""Callbacks of ``keras-fpn train``: precise BN, evaluation + checkpoints (the resume backup is in
+``keras_fpn.training.checkpoints``)."""
 from __future__ import annotations
 
 import json
@@ -8,17 +9,8 @@ from pathlib import Path
 
 import keras
 
-from fpn_edge.atomic import atomic_path
-
-
-class BackupEveryStepsAndEpoch(keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` that saves every ``save_freq`` steps *and* at each epoch end
-    (Keras saves at epoch ends only when ``save_freq="epoch"``)."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        if self.save_freq != "epoch":
-            self._save_model()
+from fpn_edge.atomic import write_json_atomic
+from keras_fpn.training.checkpoints import copy_checkpoint, finite_loss, save_checkpoint
 
 
 _BN_FORWARD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -93,21 +85,17 @@ def _bn_forward(ref, strategy):
     return tf.function(lambda x: strategy.run(lambda images: ref()(images, training=True), args=(x,)))
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    """Copy a checkpoint file atomically (``fpn_edge.atomic``; the best checkpoint = the last one)."""
-    import shutil
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """``CSVLogger`` (append mode) whose write errors (a full disk) name ``history.csv``."""
 
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+    def __init__(self, path):
+        super().__init__(str(path), append=True)
 
-
-def _save_atomic(model, path: Path) -> None:
-    """Save ``model`` to ``path`` (``.keras``: the model, ``.weights.h5``: its weights) atomically."""
-    with atomic_path(path) as tmp:  # the temporary name keeps the suffix Keras picks the format by
-        if path.name.endswith(".weights.h5"):
-            model.save_weights(tmp)
-        else:
-            model.save(tmp)
+    def on_epoch_end(self, epoch, logs=None):
+        try:
+            super().on_epoch_end(epoch, logs)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror or str(e), self.filename) from None
 
 
 class EvalCheckpoint(keras.callbacks.Callback):
@@ -126,6 +114,11 @@ class EvalCheckpoint(keras.callbacks.Callback):
     every replica; a non-chief worker (``chief=False``) recomputes BN at the same epochs as
     the chief but does not evaluate, and writes its ``last.*`` into ``run_dir`` (its own
     temporary directory).
+
+    Every checkpoint is written atomically and read back (``checkpoints.save_checkpoint``);
+    it must come before the resume backup in the callback list, so that the backup only
+    records an epoch as finished once its checkpoints are on disk. An epoch whose loss is
+    not finite (``TerminateOnNaN`` stopped it) writes nothing: ``nan_epoch`` records it.
     """
 
     def __init__(self, run_dir, evaluator, *, every: int, last_epoch: int, monitor: str, bn_batches=None,
@@ -139,6 +132,7 @@ class EvalCheckpoint(keras.callbacks.Callback):
         self.every = every
         self.last_epoch = last_epoch
         self.monitor = monitor
+        self.nan_epoch = None
         state = self.run_dir / "best.json"
         self.best = json.loads(state.read_text())["value"] if state.is_file() else None
 
@@ -149,6 +143,13 @@ class EvalCheckpoint(keras.callbacks.Callback):
             return True
         return value < self.best if self.monitor == "val_loss" else value > self.best
 
+    def write_missing_last(self, meta=None) -> None:
+        """Write ``last.*`` from the model when one is missing (after a resume restored the
+        weights of a finished epoch, which are the last checkpoint's)."""
+        for name in ("last.weights.h5", "last.keras"):
+            if not (self.run_dir / name).is_file():
+                save_checkpoint(self.model, self.run_dir / name)
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         metrics = None
@@ -158,6 +159,9 @@ class EvalCheckpoint(keras.callbacks.Callback):
         logs["learning_rate"] = float(lr(step) if callable(lr) else lr)
         # Fixed CSV columns: NaN on epochs without an evaluation.
         logs.update({key: float("nan") for key in self.log_keys})
+        if not finite_loss(logs):
+            self.nan_epoch = epoch + 1
+            return
         is_eval = self._evaluate is not None and (
             (self.every and (epoch + 1) % self.every == 0) or epoch + 1 == self.last_epoch)
         # Precise BN only where the statistics are used: an evaluation, the last epoch,
@@ -170,19 +174,16 @@ class EvalCheckpoint(keras.callbacks.Callback):
         if is_eval and self.chief:
             metrics, values = self._evaluate(self.model, epoch)
             logs.update(values)
-        _save_atomic(self.model, self.run_dir / "last.weights.h5")
-        _save_atomic(self.model, self.run_dir / "last.keras")
+        save_checkpoint(self.model, self.run_dir / "last.weights.h5")
+        save_checkpoint(self.model, self.run_dir / "last.keras")
         value = logs.get(self.monitor)
         if self._improved(value):
             self.best = float(value)
             for name in ("weights.h5", "keras"):  # the same weights: copy the files, do not save again
-                _copy_atomic(self.run_dir / f"last.{name}", self.run_dir / f"best.{name}")
-            _write_json(self.run_dir / "best.json", {"epoch": epoch + 1, "metric": self.monitor, "value": self.best})
+                copy_checkpoint(self.run_dir / f"last.{name}", self.run_dir / f"best.{name}")
             if metrics is not None:
-                _write_json(self.run_dir / "eval.json", {"epoch": epoch + 1, "split": "val", **metrics})
-
-
-def _write_json(path: Path, data) -> None:
-    from keras_fpn.rundir import write_text_atomic
-
-    write_text_atomic(path, json.dumps(data, indent=2))
+                write_json_atomic(self.run_dir / "eval.json", {"epoch": epoch + 1, "split": "val", **metrics},
+                                  trailing_newline=False)
+            # last: best.json records a best whose checkpoint and eval.json are on disk
+            write_json_atomic(self.run_dir / "best.json", {"epoch": epoch + 1, "metric": self.monitor,
+                                                           "value": self.best}, trailing_newline=False)

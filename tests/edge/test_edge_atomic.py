@@ -167,3 +167,34 @@ def test_keras_fpn_writers_use_it(tmp_path, umask):
     for name in ("config.yaml", "labels.txt", "c.json"):
         assert _mode(tmp_path / name) == 0o644, name
     assert _leftovers(tmp_path) == []
+
+
+def test_a_failed_write_names_the_target_not_the_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "old.json").write_text("{}")
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        write_text_atomic(tmp_path / "old.json", "new")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "old.json")
+    assert (tmp_path / "old.json").read_text() == "{}" and _leftovers(tmp_path) == []
+
+
+def test_check_writable_fails_before_any_work(tmp_path):
+    from fpn_edge.atomic import check_writable
+
+    assert check_writable(tmp_path / "new" / "sub", folder=True).is_dir()  # made, and nothing left in it
+    assert list((tmp_path / "new" / "sub").iterdir()) == []
+    assert check_writable(tmp_path / "out" / "report.json") == tmp_path / "out" / "report.json"
+    assert not (tmp_path / "out" / "report.json").exists() and _leftovers(tmp_path / "out") == []
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match="exists and is not a folder"):
+        check_writable(tmp_path / "f", folder=True)
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as info:
+        check_writable(tmp_path / "f" / "x.json")
+    assert info.value.filename == str(tmp_path / "f" / "x.json")
+    with pytest.raises(IsADirectoryError, match="is a folder, not a file"):
+        check_writable(tmp_path / "new")

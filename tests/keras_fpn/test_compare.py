@@ -35,7 +35,7 @@ def test_headline_table_rows():
     row = {"variant": "int8", "AP": 0.5, "AP50": 0.9, "AP_small": 0.2, "AP_medium": 0.5, "AP_large": 0.7,
            "AP_ratio": 0.98, "latency_ms_p50": 3.21, "latency_ms_p90": 4.0, "threads": 2, "size_bytes": 2_500_000,
            "changes": {"reference": 10, "lost": 1, "changed_class": 0, "moved": 2, "new": 0}}
-    table = headline_table({"variants": [row]})
+    table = headline_table({"task": "detection", "variants": [row]})
     assert "| int8 | 0.500 | 0.900 | 0.200 | 0.500 | 0.700 | 98.0 % | 3.2 / 4.0 | 2.50 | 1 / 0 / 2 / 0 of 10 |" in table
 
 

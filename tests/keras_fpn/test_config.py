@@ -33,7 +33,7 @@ def test_preset_then_overrides():
     ({"model": {"neck": {"kind": "c4_only"}}}, [],
      "model.neck.kind must be one of fpn, c5_only, finest_no_topdown, got 'c4_only'"),
     ({"model": {"task": "segmentation", "neck": {"kind": "c5_only"}}}, ["train.checkpoint_metric=val_mIoU"],
-     "model.neck 'c5_only' is a detection ablation; model.task 'segmentation' needs neck: fpn"),
+     "model.neck.kind 'c5_only' is a detection ablation; model.task 'segmentation' needs model.neck.kind: fpn"),
     ({"model": {"neck": {"min_level": 6, "max_level": 7}}}, [],
      "model.neck.min_level/max_level must satisfy 2 <= min_level <= 5 and min_level <= max_level <= 7, got 6..7"),
     ({}, ["model.neck.min_level=4", "model.neck.max_level=3"], "got 4..3"),
@@ -144,3 +144,22 @@ def test_migrate_moves_every_flat_key_and_keeps_comments(tmp_path):
     assert (m.anchors.scale, m.postprocess.score_threshold, m.activation) == (3.0, 0.1, "relu6")
     assert cfg.data.hflip is False
     assert main(["configs", "migrate", str(path)]) == 0   # already migrated: nothing to do
+
+
+def test_overridden_preset_is_the_one_merged_under_the_file():
+    cfg = config_from_dict({"model": {"preset": "retinanet_mobilenetv2_fpn", "neck": {"width": 48}}},
+                           ["model.preset=retinanet_resnet50_fpn"])
+    assert (cfg.model.preset, cfg.model.backbone.name, cfg.model.image_size) == \
+        ("retinanet_resnet50_fpn", "resnet50", (640, 640))
+    assert cfg.model.neck.width == 48 and cfg.model.head.width == 256   # the file's key wins, the rest is the preset's
+    cfg = config_from_dict({"model": {"preset": "ssd_mobilenetv2_fpnlite"}}, ["model.neck.width=64"])
+    assert cfg.model.neck.width == 64 and cfg.model.neck.lite and cfg.model.neck.extra_levels_from == "P5"
+
+
+def test_old_flat_string_key_with_a_deep_override_still_names_the_new_key():
+    with pytest.raises(ConfigError, match="model.neck is now model.neck.kind"):
+        config_from_dict({"model": {"neck": "c5_only"}}, ["model.neck.width=64"])
+    with pytest.raises(ConfigError, match=r"model.backbone is now model.backbone.name"):
+        config_from_dict({}, ["model.backbone=x", "model.backbone.alpha=0.5"])
+    with pytest.raises(ConfigError, match=r"model.image_size is \[64, 64\], not a mapping"):
+        config_from_dict({}, ["model.image_size=[64, 64]", "model.image_size.h=1"])

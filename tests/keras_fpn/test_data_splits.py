@@ -8,7 +8,7 @@ from PIL import Image
 
 from keras_fpn.config import config_from_dict
 from keras_fpn.data import DataError, DetectionDataset, DetectionRecord, LabelMap, include_images
-from keras_fpn.data.splits import load_datasets, load_split
+from keras_fpn.data.splits import load_datasets, load_eval_split, load_split
 
 NAMES = ["raccoon-1.jpg", "raccoon-2.jpg", "raccoon-3.jpg", "raccoon-4.jpg"]
 
@@ -100,7 +100,50 @@ def test_load_datasets_applies_include_lists_through_the_one_rule(tmp_path):
 def test_load_datasets_refuses_val_classes_that_differ(tmp_path):
     train = _coco(tmp_path / "train", ["a", "b"])
     val = _coco(tmp_path / "val", ["a", "c"])
-    with pytest.raises(ValueError, match=r"val classes \('a', 'c'\) differ from train classes \('a', 'b'\)"):
+    with pytest.raises(ValueError, match=r"data.val classes \['a', 'c'\] differ from the classes \['a', 'b'\]"):
         load_datasets(config_from_dict({"data": {"train": train, "val": val}}))
     with pytest.raises(ValueError, match="data.train is not set"):
         load_datasets(config_from_dict({}))
+
+
+def test_records_sharing_a_listed_base_name_are_all_kept():
+    """train/0001.jpg and val/0001.jpg in one dataset: a list naming 0001.jpg keeps both records."""
+    records = [DetectionRecord(f"/data/{d}/0001.jpg", 100, 80, [[0.1, 0.1, 0.5, 0.5]], [0], None, None, k + 1)
+               for k, d in enumerate(["train", "val", "test"])]
+    ds = DetectionDataset(records[:2] + [DetectionRecord("/data/x/0002.jpg", 100, 80, [[0.1, 0.1, 0.5, 0.5]], [0],
+                                                         None, None, 9)], LabelMap.from_names(["raccoon"]),
+                          source="hand")
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("0001.jpg\n")
+    kept = include_images(ds, f.name)
+    assert [r.image_id for r in kept] == [1, 2]
+
+
+def test_evaluate_and_compare_read_the_val_split_through_the_one_rule(tmp_path, caplog):
+    """``load_eval_split``: data.val with data.val_include by default, ``--include`` over it (also
+    without ``--data``: it used to be ignored there), ``--data`` without an include list; the run's
+    classes must match; an undecodable image leaves with its boxes and one warning naming it."""
+    val = _coco(tmp_path / "val", ["a", "b"], n=3)
+    (tmp_path / "one.txt").write_text("im1.jpg\n")
+    (tmp_path / "two.txt").write_text("im0.jpg\nim2.jpg\n")
+    cfg = config_from_dict({"data": {"val": val, "val_include": str(tmp_path / "one.txt")}})
+    assert _names(load_eval_split(cfg)) == ["im1.jpg"]
+    assert _names(load_eval_split(cfg, include=str(tmp_path / "two.txt"))) == ["im0.jpg", "im2.jpg"]
+    assert _names(load_eval_split(cfg, data=val)) == ["im0.jpg", "im1.jpg", "im2.jpg"]
+    assert _names(load_eval_split(cfg, data=val, include=str(tmp_path / "two.txt"))) == ["im0.jpg", "im2.jpg"]
+    with pytest.raises(ValueError, match=r"dataset classes \['a', 'b'\] differ from the run's \['a'\]"):
+        load_eval_split(cfg, labels=["a"])
+    with pytest.raises(ValueError, match="run7: the config has no data.val; pass --data"):
+        load_eval_split(config_from_dict({}), where="run7")
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "val" / "im2.jpg", quality=100)
+    data = (tmp_path / "val" / "im2.jpg").read_bytes()
+    (tmp_path / "val" / "im2.jpg").write_bytes(data[:-200])  # the header reads, the pixels do not
+    caplog.clear()
+    kept = load_eval_split(cfg, data=val)
+    assert _names(kept) == ["im0.jpg", "im1.jpg"] and kept.num_boxes == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "im2.jpg" in warnings[0] and "skipped image with its 1 box(es)" in warnings[0]
+    with pytest.raises(DataError, match=r"im2\.jpg: cannot decode image"):
+        load_eval_split(config_from_dict({"data": {"val": val, "strict": True}}))

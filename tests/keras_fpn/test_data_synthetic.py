@@ -88,3 +88,17 @@ def test_clean_style_keeps_small_objects_at_least_12_px_and_the_background_smoot
     assert np.sqrt(np.concatenate([r.areas for r in cluttered])).min() < 10.0  # 10 * 192 / 320 = 6 px possible
     smooth, rough = _background_blotchiness(clean), _background_blotchiness(cluttered)
     assert smooth < 0.5 * rough, (smooth, rough)
+
+
+def test_clean_style_at_small_image_sizes(tmp_path):
+    """Below 125 px the clean style's bins are capped at 0.8 * size (was a ValueError: high - low < 0);
+    from 125 px on they are the documented 12-30 / 36-88 / 100-0.8*size."""
+    from keras_fpn.data.synthetic import _size_bins
+
+    assert _size_bins("clean", 160) == ((12.0, 30.0), (36.0, 88.0), (100.0, 128.0))
+    assert np.allclose(_size_bins("clean", 96), ((12.0, 30.0), (36.0, 76.8), (38.4, 76.8)))
+    assert np.allclose(_size_bins("clean", 64), ((12.0, 30.0), (36.0, 51.2), (25.6, 51.2)))
+    ds = read_dataset(generate_synthetic_coco(tmp_path / "small", num_train=6, num_val=0, image_size=64,
+                                              seed=0, style="clean")["train"])
+    side = np.sqrt(np.concatenate([r.areas for r in ds]))
+    assert len(ds) == 6 and side.size > 0 and side.max() <= 0.8 * 64 + 1

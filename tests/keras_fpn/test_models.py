@@ -272,3 +272,12 @@ def test_neck_parameter_count_difference_by_hand(neck_models):
     assert count["finest_no_topdown"] - count["fpn"] == (
         c3_neck - fpn_neck + head_growth - backbone_after_c3) == -811_642
     assert count == {"fpn": 880_978, "c5_only": 499_848, "finest_no_topdown": 69_336}
+
+
+def test_config_head_names_are_the_builders():
+    """``model.head.kind`` is checked at config load against ``keras_fpn.config.HEADS``; the builders live in
+    ``keras_fpn.models.heads.HEADS``: the two must name the same heads."""
+    from keras_fpn.config import HEADS as CONFIG_HEADS
+    from keras_fpn.models.heads import HEADS as BUILDERS
+
+    assert set(CONFIG_HEADS) == set(BUILDERS)
