@@ -35,6 +35,7 @@ import pytest
 from keras_fpn.cli import main
 from keras_fpn.config import ConfigError, load_config
 from keras_fpn.config.schema import TrainConfig
+from keras_fpn.training.checkpoints import BACKUP_METADATA, read_backup
 
 CHILD = Path(__file__).resolve().parents[1] / "distribute_child.py"
 
@@ -205,8 +206,9 @@ def test_two_workers_train_chief_writes_and_a_killed_worker_resumes(setup):
     run = setup / "mw_run"
     chief, worker = _start_workers(setup, run)
     deadline = time.time() + 300
-    while time.time() < deadline and chief.poll() is None and not _rows(run):
-        time.sleep(0.2)
+    meta = [run / "backup" / BACKUP_METADATA, run / ".tmp_worker1" / "backup" / BACKUP_METADATA]
+    while time.time() < deadline and chief.poll() is None and not (_rows(run) and all(p.is_file() for p in meta)):
+        time.sleep(0.2)  # both workers backed up their first epoch (the backup is the epoch end's last write)
     assert chief.poll() is None and worker.poll() is None, (chief.stdout.read() + worker.stdout.read())[-3000:]
     worker.send_signal(signal.SIGKILL)   # a worker dies: the chief must stop by itself, not hang
     worker.wait()
@@ -218,9 +220,9 @@ def test_two_workers_train_chief_writes_and_a_killed_worker_resumes(setup):
     tmp = run / ".tmp_worker1"
     assert (run / "backup").is_dir() and (tmp / "backup").is_dir() and (tmp / "last.weights.h5").is_file()
     assert not any((tmp / name).exists() for name in ("history.csv", "config.yaml", "logs", "best.json"))
-    chief_epoch = json.loads((run / "backup" / "training_metadata.json").read_text())["epoch"]
-    if json.loads((tmp / "backup" / "training_metadata.json").read_text())["epoch"] == chief_epoch:
-        a, b = _weights(run / "backup" / "latest.weights.h5"), _weights(tmp / "backup" / "latest.weights.h5")
+    chief_meta, worker_meta = (read_backup(folder) for folder in (run / "backup", tmp / "backup"))
+    if worker_meta["epoch"] == chief_meta["epoch"]:
+        a, b = _weights(run / "backup" / chief_meta["weights"]), _weights(tmp / "backup" / worker_meta["weights"])
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)   # the replicas agree bit for bit
 
     procs = _start_workers(setup, run)     # rerun both commands: training resumes
@@ -235,7 +237,7 @@ def test_two_workers_train_chief_writes_and_a_killed_worker_resumes(setup):
     assert "epoch 3: val AP" in outs[0] and "epoch 3: val AP" not in outs[1]   # COCO evaluation on the chief only
     assert {p.name for p in run.iterdir()} == {"config.yaml", "labels.txt", "history.csv", "logs", "state.json",
                                                "last.weights.h5", "last.keras", "best.weights.h5", "best.keras",
-                                               "best.json", "eval.json"}
+                                               "best.json", "eval.json", "fingerprint.json"}
 
 
 # ------------------------------------------------------------------ mixed precision -> float32 export
