@@ -243,6 +243,10 @@ def _layer_class(ns):
                               tf.cast(count, tf.int32)))   # the op's class ids are 0..size-1
             boxes, classes, all_scores, counts = (tf.concat(list(t), axis=-1 if i else 1)
                                                   for i, t in enumerate(zip(*parts)))
+            short = self.max_detections - int(all_scores.shape[1])
+            if short > 0:   # the ops' rows (<= detections_per_class each) cannot fill N: zero rows
+                boxes = tf.pad(boxes, [[0, 0], [0, short], [0, 0]])
+                classes, all_scores = (tf.pad(t, [[0, 0], [0, short]]) for t in (classes, all_scores))
             # top_k: decreasing score, equal scores -> lower row = lower class (the kernel's order)
             top, rows = tf.math.top_k(all_scores, k=self.max_detections, sorted=True)
             total = tf.minimum(tf.reduce_sum(counts, keepdims=True), self.max_detections)
