@@ -11,10 +11,12 @@ Handles both export signatures, told apart by the metadata's ``output`` key:
     The op's kernel loses class T when it runs on T = 2..C-1 threads (regular
     NMS split over classes, see ``fpn_export.postprocess_op``). Exports since
     the fix hold one op per 2 classes, which no thread count breaks
-    (:func:`postprocess_thread_safe`); for older files, with one op over 3 or
-    more classes, the CPU kernels are set back to one thread after the
-    interpreter is built (:func:`pin_cpu_kernel_threads`); XNNPACK keeps the
-    threads asked for.
+    (:func:`postprocess_thread_safe`, ``Detector.thread_safe``). With more than
+    one thread the CPU kernels are set back to one thread after the interpreter
+    is built (:func:`pin_cpu_kernel_threads`; XNNPACK keeps the threads asked
+    for): required for older files (one op over 3 or more classes), and faster
+    for new ones (each op's thread-pool dispatch costs more than splitting 2
+    classes gains: ``benchmarks/results/nms_threads.md``).
 ``"raw"``
     Outputs ``box_deltas [1, A, 4]`` and ``class_logits [1, A, C]`` (float, or
     int8/uint8 dequantized with the tensors' scale and zero point); decoded and
@@ -82,7 +84,7 @@ def _signature_outputs(interp) -> list:
     return sorted(items, key=lambda it: (_trailing_int(it[0]), it[0]))
 
 
-def pin_cpu_kernel_threads(interp) -> bool:
+def pin_cpu_kernel_threads(interp, *, warn: bool = True) -> bool:
     """Run the builtin/custom CPU kernels of an allocated interpreter on one thread.
 
     ``TFLite_Detection_PostProcess`` (regular NMS) hands classes to a thread
@@ -96,9 +98,11 @@ def pin_cpu_kernel_threads(interp) -> bool:
 
     Returns:
         True when the count was set, False when the interpreter has no way to
-        (then a warning says what to do).
+        (then, with ``warn``, a warning says what to do).
     """
     set_threads = getattr(getattr(interp, "_interpreter", None), "SetNumThreads", None)
+    if set_threads is None and not warn:
+        return False
     if set_threads is None:
         import warnings
 
@@ -218,8 +222,9 @@ class Detector(ModelRunner):
         if self.output_kind == "postprocess":
             self._out_map = _map_postprocess_outputs(self._interp, outputs, where)
             self.thread_safe = postprocess_thread_safe(self._interp)
-            if loaded.threads is not None and loaded.threads > 1 and not self.thread_safe:
-                pin_cpu_kernel_threads(self._interp)  # an old export: the op's kernel must not thread
+            if loaded.threads is not None and loaded.threads > 1:
+                # old single-op files: else class T is lost; new files: faster (see the module docstring)
+                pin_cpu_kernel_threads(self._interp, warn=not self.thread_safe)
         else:
             if anchors is None:
                 raise EdgeError(f"{where}: a raw model needs anchors in its metadata")
