@@ -2,10 +2,11 @@
 
 ``attach_postprocess`` appends one small layer to a detector that outputs
 ``box_deltas [1, A, 4]`` and ``class_logits [1, A, C]``. The layer applies a
-sigmoid to the logits and calls a ``tf.function`` whose
-``experimental_implements`` attribute names ``TFLite_Detection_PostProcess``;
-the TFLite converter replaces that function with the custom op (its body, which
-returns zeros of the output shapes, never runs in TFLite). Convert the result
+sigmoid to the logits and calls, per group of at most 2 classes (see below), a
+``tf.function`` whose ``experimental_implements`` attribute names
+``TFLite_Detection_PostProcess``; the TFLite converter replaces each function
+with the custom op (its body, which returns zeros of the output shapes, never
+runs in TFLite). Convert the result
 with ``fpn_export.tflite.convert_keras``: a SavedModel of one batch-1 serving
 ``tf.function`` converted by ``TFLiteConverter.from_saved_model`` with
 ``allow_custom_ops = True``, which keeps the stub as one function call and
@@ -20,8 +21,9 @@ The resulting model has the standard SSD detection signature:
 * num_detections ``[1]`` float32,
 
 with ``N = max_detections``; rows past ``num_detections`` are zeros. The
-interpreter lists the four outputs in an order of its own: map them through the
-op's output list (``fpn_edge.Detector`` does), never by position.
+interpreter lists the four outputs in an order of its own: map them by their
+signature names (``OUTPUT_NAMES``; with 1 or 2 classes the single op's own
+output list works too; ``fpn_edge.Detector`` tries both), never by position.
 
 **Call** :func:`patch_postprocess_options` **on the converted bytes**
 (``fpn_export.detection.export_detector`` does). The TF 2.21 converter writes
