@@ -41,14 +41,14 @@ def detector_metadata(config, labels, *, output: str, mode: str, extra: Optional
         extra: more keys for the ``export`` section (I/O dtype, pruning, ...).
     """
     m = config.model
-    raw = output == "raw"
+    per_op = None if output == "raw" else _classes_per_op(get_mode(mode))
     return export_metadata(
         config, task="detection", labels=labels, output=output, mode=mode, extra=extra,
         box_coder={"scale_factors": [float(v) for v in m.anchors.box_scale_factors]},
         nms={"score_threshold": float(m.postprocess.score_threshold), "iou_threshold": float(m.postprocess.iou_threshold),
              "max_detections": int(m.postprocess.max_detections), "max_detections_per_class": int(m.postprocess.max_detections_per_class),
              # the same detections at every thread count (fpn_export.postprocess_op); edgetpu: one op
-             "thread_safe": raw or not get_mode(mode).edgetpu or int(m.num_classes) <= 2})
+             "thread_safe": output == "raw" or int(m.num_classes) <= 2 or (per_op is not None and per_op <= 2)})
 
 
 def _classes_per_op(mode):

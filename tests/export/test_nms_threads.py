@@ -123,3 +123,21 @@ def test_thread_safety_read_from_the_ops(out_dir):
     assert safe(lin.export(out_dir, "fp32", classes_per_op=1))
     assert not safe(lin.export(out_dir, "fp32", classes_per_op=None))
     assert not safe(lin.export(out_dir, "fp32", classes_per_op=3))
+
+
+def test_metadata_says_which_exports_are_thread_safe():
+    import dataclasses
+
+    import export_helpers as H
+    from fpn_export.detection import detector_metadata
+
+    cfg = H.tiny_config()
+    five = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=5))
+
+    def safe(config, output, mode):
+        labels = [f"c{i}" for i in range(config.model.num_classes)]
+        return detector_metadata(config, labels, output=output, mode=mode)["nms"]["thread_safe"]
+
+    assert safe(five, "postprocess", "int8") and safe(five, "postprocess", "fp32") and safe(five, "raw", "edgetpu")
+    assert not safe(five, "postprocess", "edgetpu")          # Coral: one op over 5 classes
+    assert safe(cfg, "postprocess", "edgetpu")               # 1 class: no thread count reaches it
