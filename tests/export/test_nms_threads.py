@@ -141,3 +141,17 @@ def test_metadata_says_which_exports_are_thread_safe():
     assert safe(five, "postprocess", "int8") and safe(five, "postprocess", "fp32") and safe(five, "raw", "edgetpu")
     assert not safe(five, "postprocess", "edgetpu")          # Coral: one op over 5 classes
     assert safe(cfg, "postprocess", "edgetpu")               # 1 class: no thread count reaches it
+    single = dataclasses.replace(five, export=dataclasses.replace(five.export, nms_ops="single"))
+    assert not safe(single, "postprocess", "int8") and not safe(single, "postprocess", "fp32")  # export.nms_ops
+
+
+def test_export_nms_ops_setting_is_checked():
+    """`--set export.nms_ops=single` (many classes, a runtime that controls its threads) is read and checked."""
+    from keras_fpn.config import ConfigError, config_from_dict, config_to_dict
+    import export_helpers as H
+
+    cfg = H.tiny_config()
+    assert cfg.export.nms_ops == "pairs"
+    assert config_from_dict(config_to_dict(cfg), ["export.nms_ops=single"]).export.nms_ops == "single"
+    with pytest.raises(ConfigError, match="export.nms_ops"):
+        config_from_dict(config_to_dict(cfg), ["export.nms_ops=triples"])
