@@ -302,17 +302,13 @@ def format_report(report: dict) -> str:
     files = plot_files(task)
     images = " ".join(f"![{title}]({file})" for title, file in files[:-1])
     rules = report.get("rules", task.rules)
-<<<<<<< HEAD
-    before = (f"Validation set: {report['dataset']['source']} ({report['dataset']['images']} images), "
-              f"model input {report.get('resize', 'letterbox')} (`model.resize`). "
-=======
     timing = report.get("latency_method")
     how = (f" Latency was timed after every export had finished, the variants round-robin ({timing['runs']} "
            f"rounds after {timing['warmup']} untimed), so that a changing load hits all alike; 1-minute load "
            f"average {fmt(timing['load_average_1min'][0], '.2f')} before and "
            f"{fmt(timing['load_average_1min'][1], '.2f')} after.") if timing else ""
-    before = (f"Validation set: {report['dataset']['source']} ({report['dataset']['images']} images). "
->>>>>>> main
+    before = (f"Validation set: {report['dataset']['source']} ({report['dataset']['images']} images), "
+              f"model input {report.get('resize', 'letterbox')} (`model.resize`). "
               f"CPU: {report['cpu']}. TFLite variants run through fpn_edge (XNNPACK, {report['threads']} threads); "
               f"latency is end to end per image (preprocess + invoke + {task.postprocess}); the float Keras "
               "row times the model alone (tf.function, TensorFlow)." + how + " " + task.method.format(**rules))
