@@ -342,7 +342,7 @@ def cmd_info(args) -> int:
         out += [f"task     {meta['task']}",
                 f"output   {meta['output']}",
                 f"input    {meta['input']['height']}x{meta['input']['width']}, {norm['channel_order']}, "
-                f"mean {norm['mean']}, std {norm['std']}",
+                f"mean {norm['mean']}, std {norm['std']}, resize {meta['input'].get('resize', 'letterbox')}",
                 f"labels   ({len(meta['labels'])}) {', '.join(meta['labels'])}"]
         out += runner_class(meta["task"]).describe_meta(meta)
         if info["anchors"]:

@@ -29,8 +29,9 @@ Archive members:
           "channel_order": "RGB",            #   "RGB" | "BGR"
           "mean": [127.5, 127.5, 127.5],     #   (x - mean) / std, per channel
           "std": [127.5, 127.5, 127.5]       #   (in channel_order order)
-        }
-      },
+        },
+        "resize": "letterbox"                # "letterbox" | "stretch" (fpn_edge.preprocess);
+      },                                     # absent (files before it): letterbox
       "output": "postprocess",               # "postprocess": boxes/classes/scores/count
                                              # "raw": box_deltas [1,A,4], class_logits [1,A,C]
       "box_coder": {"scale_factors": [10.0, 10.0, 5.0, 5.0]},   # (sy, sx, sh, sw)
@@ -59,8 +60,8 @@ instead::
       "segmentation": {"background_id": 0,   # the channel that means "no object"
                        "ignore_label": 255}  # class-map value of unlabelled pixels (training)
 
-The prediction is the argmax over K of the logits, cropped to the letterboxed
-content and mapped back to the original image (``fpn_edge.segmenter``).
+The prediction is the argmax over K of the logits, cropped to the image's
+content (``input.resize``) and mapped back to the original image (``fpn_edge.segmenter``).
 """
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ import numpy as np
 from fpn_edge.atomic import write_bytes_atomic
 from fpn_edge.errors import EdgeError
 from fpn_edge.interpreter import check_tflite_bytes
+from fpn_edge.preprocess import RESIZE_MODES
 
 SCHEMA_VERSION = 1
 META_NAME = "fpn_meta.json"
@@ -171,6 +173,8 @@ def validate_meta(meta: dict, where: str = "metadata") -> dict:
         _fail(where, f"metadata input size must be positive, got {h}x{w}")
     if order not in ("RGB", "BGR") or len(mean) != 3 or len(std) != 3 or min(std) == 0:
         _fail(where, "metadata normalization must have channel_order RGB|BGR, 3 means, 3 non-zero stds")
+    if inp.get("resize", RESIZE_MODES[0]) not in RESIZE_MODES:
+        _fail(where, f"metadata 'input.resize' must be one of {', '.join(RESIZE_MODES)}, got {inp['resize']!r}")
     schema.check(meta, where)
     return meta
 

@@ -66,7 +66,8 @@ def export_metadata(config, *, task: str, labels, output: str, mode: str, extra:
 
     h, w = (int(v) for v in config.model.image_size)
     return {"task": task, "labels": [str(s) for s in labels],
-            "input": {"height": h, "width": w, "normalization": input_normalization(config.model)},
+            "input": {"height": h, "width": w, "normalization": input_normalization(config.model),
+                      "resize": config.model.resize},
             "output": output, **sections, "config": config_to_dict(config),
             "export": {"mode": mode, **(extra or {})}}
 
