@@ -35,6 +35,8 @@ from keras_fpn.tasks import get_task
 from keras_fpn.training.callbacks import EvalCheckpoint, HistoryCSV
 from keras_fpn.training.checkpoints import BackupEveryStepsAndEpoch, complete_pair, load_checkpoint, read_backup
 from keras_fpn.training.optimizer import build_optimizer
+from keras_fpn.training.recipe import with_schedule
+from keras_fpn.training.watch import watch_for
 
 BACKBONE_PREFIXES = ("fpn_", "head_", "box_deltas", "class_logits", "seg_", "image")
 
@@ -108,7 +110,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 
     val_set = drop_undecodable(val_set, cfg.data.strict)  # evaluation counts only images it can read
     if not len(val_set):
         raise ValueError(f"{cfg.data.val or cfg.data.train}: no validation image can be decoded")
-    cfg = with_num_classes(cfg, train_set.label_map.num_classes)
+    cfg = with_schedule(with_num_classes(cfg, train_set.label_map.num_classes), len(train_set))
     labels = train_set.label_map.names
     _claim(run, cfg, labels, force)
 
@@ -141,6 +143,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 
             checkpoint,
             HistoryCSV(run / "history.csv"),
             keras.callbacks.TerminateOnNaN(),
+            watch_for(cfg, task, val_set, steps),
             keras.callbacks.TensorBoard(str(run / "logs"), write_graph=False, profile_batch=0),
             BackupEveryStepsAndEpoch(run / "backup", backup_every_steps, phase=phase,
                                      after_restore=checkpoint.write_missing_last),
