@@ -119,9 +119,9 @@ def curves_markdown(folder) -> str:
         name = before.name[:-len("_before.jsonl")]
         rows = {v: [json.loads(line) for line in (folder / f"{name}_{v}.jsonl").read_text().splitlines()]
                 for v in ("before", "after")}
-        out += [f"### {name}", "",
-                "| step | class loss before | after | feature std before | after | grad cls predictor before "
-                "| after | grad backbone before | after |", "|---" * 9 + "|"]
+        header = ("| step | class loss before | after | feature std before | after | grad cls predictor before "
+                  "| after | grad backbone before | after |")
+        out += [f"### {name}", "", header, "|---" * 9 + "|"]
         for b, a in zip(rows["before"], rows["after"]):
             out.append(f"| {b['step']} | {b.get('cls_mean', b['cls']):.3f} | {a.get('cls_mean', a['cls']):.3f} | "
                        f"{b['feat_std']:.3f} | {a['feat_std']:.3f} | {b['g_cls_pred']:.3f} | {a['g_cls_pred']:.3f} | "

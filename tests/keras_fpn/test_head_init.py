@@ -5,7 +5,6 @@ layers, and the FPNLite tower (pre-BN variance under BatchNorm's epsilon) output
 backbone got no gradient. Measured at initialization on one random batch, training mode.
 """
 import numpy as np
-import pytest
 
 import keras_fpn  # noqa: F401
 import keras
