@@ -261,6 +261,7 @@ class TrainConfig:
     ``mixed_precision``: ``keras_fpn.training.distribute``)."""
     epochs: int = 30
     steps_per_epoch: int | None = None  # None: one pass over the training set
+    budget: int | None = None            # total steps; sets epochs (and steps_per_epoch) from the data (recipe.py)
     batch_size: int = 16
     optimizer: str = "sgd"               # "sgd" (momentum) | "adamw"
     learning_rate: float = 0.02
@@ -291,6 +292,7 @@ class TrainConfig:
         _one_of("train.matcher", self.matcher, ("iou", "atss"))
         _integer("train.epochs", self.epochs, 1)
         _integer("train.steps_per_epoch", self.steps_per_epoch, 1, optional=True)
+        _integer("train.budget", self.budget, 1, optional=True)
         _integer("train.batch_size", self.batch_size, 1)
         _number("train.learning_rate", self.learning_rate, 0, low_open=True)
         _number("train.momentum", self.momentum, 0, 1, high_open=True)
