@@ -40,6 +40,8 @@ __all__ = ["Detector", "Detection", "pin_cpu_kernel_threads"]
 
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 PP_KEYS = ("boxes", "classes", "scores", "num_detections")
+#: post-process output -> its signature name as pycoral's ``detect.get_objects`` looks it up
+CORAL_SIGNATURE = {"boxes": "output_3", "classes": "output_2", "scores": "output_1", "num_detections": "output_0"}
 RAW_KEYS = ("box_deltas", "class_logits")
 
 
@@ -127,7 +129,11 @@ def _map_postprocess_outputs(interp, outputs: list, where) -> dict:
                 found.setdefault(key, idx)
     if len(found) == 4 and len(set(found.values())) == 4:
         return found
-    # 3. Tensor names "X", "X:1", "X:2", "X:3" (the op's outputs in order).
+    # 3. Signature names as pycoral reads them (keras-fpn exports since the SSD convention, TF OD API).
+    sig = dict(_signature_outputs(interp))
+    if all(name in sig for name in CORAL_SIGNATURE.values()):
+        return {key: sig[CORAL_SIGNATURE[key]] for key in PP_KEYS}
+    # 4. Tensor names "X", "X:1", "X:2", "X:3" (the op's outputs in order).
     stems = {}
     for name, idx in by_name.items():
         stem, _, k = name.rpartition(":")
@@ -136,10 +142,6 @@ def _map_postprocess_outputs(interp, outputs: list, where) -> dict:
     for stem, ks in stems.items():
         if sorted(ks) == [0, 1, 2, 3]:
             return {key: ks[k] for k, key in enumerate(PP_KEYS)}
-    # 4. Signature order output_0..output_3 (keras-fpn's export order).
-    sig = _signature_outputs(interp)
-    if len(sig) == 4:
-        return {key: idx for key, (_, idx) in zip(PP_KEYS, sig)}
     raise EdgeError(f"{where}: cannot tell the post-process outputs apart "
                     f"(outputs: {sorted(by_name)})")
 

@@ -52,6 +52,7 @@ from typing import Optional
 
 import numpy as np
 
+from fpn_edge.detector import CORAL_SIGNATURE as _EDGE_CORAL, PP_KEYS
 from fpn_export.errors import ExportError
 
 __all__ = ["standard_metadata", "attach_standard_metadata", "METADATA_NAME", "LABELS_FILE",
@@ -63,7 +64,7 @@ LABELS_FILE = "labels.txt"                  # the associated file (the keras-fpn
 DETECTION_OUTPUT_NAMES = ("location", "category", "score", "number of detections")
 #: op output position (boxes, classes, scores, count) -> signature output name, as pycoral's
 #: ``detect.get_objects`` (2.x) and TF Object Detection API TFLite exports name them
-CORAL_SIGNATURE = {0: "output_3", 1: "output_2", 2: "output_1", 3: "output_0"}
+CORAL_SIGNATURE = {k: _EDGE_CORAL[key] for k, key in enumerate(PP_KEYS)}   # 0 boxes -> output_3, ..., 3 count -> output_0
 #: 1.2.0: output_tensor_groups; 1.5.0: custom_metadata (segmenter)
 MIN_PARSER_VERSION = {"detection": "1.2.0", "segmentation": "1.5.0"}
 

@@ -23,6 +23,19 @@ from pathlib import Path
 import numpy as np
 
 
+def _detections(result) -> list:
+    """One entry per (box, category) of either runtime's result: both give a box as ``bounding_box``
+    origin / size in pixels, and MediaPipe merges the op's detections that share a box into one
+    detection with several ``categories``."""
+    out = []
+    for d in result.detections:
+        box = d.bounding_box
+        xyxy = [box.origin_x, box.origin_y, box.origin_x + box.width, box.origin_y + box.height]
+        out += [{"box_xyxy": xyxy, "score": c.score, "class_id": c.index, "label": c.category_name}
+                for c in d.categories]
+    return out
+
+
 def _mediapipe(run: dict, images: list, masks_dir: Path) -> list:
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
@@ -33,20 +46,17 @@ def _mediapipe(run: dict, images: list, masks_dir: Path) -> list:
         options = vision.ObjectDetectorOptions(base_options=base, score_threshold=0.0, max_results=-1)
         with vision.ObjectDetector.create_from_options(options) as det:
             for path in images:
-                res = det.detect(mp.Image.create_from_file(path))
-                out.append([{"box_xyxy": [d.bounding_box.origin_x, d.bounding_box.origin_y,
-                                          d.bounding_box.origin_x + d.bounding_box.width,
-                                          d.bounding_box.origin_y + d.bounding_box.height],
-                             "score": d.categories[0].score, "class_id": d.categories[0].index,
-                             "label": d.categories[0].category_name} for d in res.detections])
+                out.append(_detections(det.detect(mp.Image.create_from_file(path))))
         return out
     options = vision.ImageSegmenterOptions(base_options=base, output_category_mask=True,
                                            output_confidence_masks=False)
     with vision.ImageSegmenter.create_from_options(options) as seg:
         for k, path in enumerate(images):
             res = seg.segment(mp.Image.create_from_file(path))
-            mask = masks_dir / f"{run['id']}_{k}.npy"
-            np.save(mask, np.asarray(res.category_mask.numpy_view()).astype(np.uint8), allow_pickle=False)
+            mask = masks_dir / f"{run['id'].replace('/', '_')}_{k}.npy"
+            cats = res.category_mask
+            np.save(mask, np.asarray(cats.numpy_view()).astype(np.uint8).reshape(cats.height, cats.width),
+                    allow_pickle=False)
             out.append(str(mask))
     return out
 
@@ -62,12 +72,7 @@ def _tasklib(run: dict, images: list, masks_dir: Path) -> list:
                                            detection_options=processor.DetectionOptions(score_threshold=0.0))
     det = vision.ObjectDetector.create_from_options(options)
     for path in images:
-        res = det.detect(vision.TensorImage.create_from_file(path))
-        out.append([{"box_xyxy": [d.bounding_box.origin_x, d.bounding_box.origin_y,
-                                  d.bounding_box.origin_x + d.bounding_box.width,
-                                  d.bounding_box.origin_y + d.bounding_box.height],
-                     "score": d.categories[0].score, "class_id": d.categories[0].index,
-                     "label": d.categories[0].category_name} for d in res.detections])
+        out.append(_detections(det.detect(vision.TensorImage.create_from_file(path))))
     return out
 
 

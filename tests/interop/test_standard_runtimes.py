@@ -2,15 +2,15 @@
 
 The standard runtimes read the exports' standard TFLite metadata (``fpn_export.interop``) and
 run in the interop venv (``conftest.interop_python``; ``standard_runtimes.py`` is the child).
-Images are **square** (the 96 px validation images, upscaled x4 to 384 px): the standard runtimes
+Images are **square** (the 96 px validation images, upscaled x8 to 768 px): the standard runtimes
 stretch an image to the input size, fpn-edge letterboxes it, and on a square image the two are
 the same resize. Non-square images need a stretch model (``model.resize``), not compared here.
 
 Per export (fp32, int8, qat-int8 of the tiny trained detector) and runtime / thread count, the
 detections are matched to fpn-edge's at the same thread count (greedy, same class, highest IoU
 first): counts must be equal and the matched mean IoU (unmatched boxes count 0) >= 0.98.
-MediaPipe's Python API takes no thread count (its default is used); the Task Library runs at 1
-and 4 threads. Segmenters: MediaPipe ``ImageSegmenter``'s category mask against fpn-edge's class
+MediaPipe's Python API takes no thread count: on Linux MediaPipe runs 1 thread (its desktop default;
+on Android / iOS it takes half the cores, at most 4); the Task Library runs at 1 and 4 threads. Segmenters: MediaPipe ``ImageSegmenter``'s category mask against fpn-edge's class
 map. ``KERAS_FPN_INTEROP_TABLE=FILE`` writes the agreement table (markdown) there.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pytest
 MODES = ("fp32", "int8", "qat-int8")
 
 HERE = Path(__file__).resolve().parent
-SCALE = 4                                     # 96 px validation images -> 384 px
+SCALE = 8                                     # 96 px validation images -> 768 px (MediaPipe boxes are whole pixels)
 MIN_IOU = 0.98
 RUNS = (("mediapipe", None), ("tasklib", 1), ("tasklib", 4))
 THREAD_BUG = ("TFLite_Detection_PostProcess loses class T at T = 2..C-1 threads (tensorflow#56058; "
@@ -111,6 +111,27 @@ def _fpn_edge(path, images, threads: int) -> list:
     return [[d.to_dict() for d in det.detect(str(p))] for p in images]
 
 
+def run_on_raw_pixels(runner, image):
+    """Run an fpn-edge runner (``Detector`` / ``Segmenter`` of a uint8 model) with the input convention of the
+    standard runtimes: the canvas' 0..255 pixels as they are. fpn-edge itself quantizes the normalized canvas
+    with the input tensor's zero point (TFLite's QUANTIZE): with zero point 127 or 128 and mean 127.5 that
+    is 1 LSB off the pixel for every pixel >= 128. Returns the image's ``LetterboxInfo``."""
+    norm = runner.meta["input"]["normalization"]
+    x, info = runner.preprocess(runner.load(str(image)))
+    pixels = np.rint(x * np.float32(norm["std"]) + np.float32(norm["mean"]))
+    runner.interpreter.set_tensor(runner.interpreter.get_input_details()[0]["index"],
+                                  np.clip(pixels, 0, 255).astype(np.uint8))
+    runner.invoke()
+    return info
+
+
+def _fpn_edge_raw_pixels(path, images, threads: int) -> list:
+    from fpn_edge import Detector
+
+    det = Detector.from_file(path, threads=threads)
+    return [[d.to_dict() for d in det.postprocess(run_on_raw_pixels(det, p))] for p in images]
+
+
 def _standard(run: dict, labels: list) -> list:
     """A runtime's detections with class ids (MediaPipe gives the label, the Task Library both)."""
     return [[dict(d, class_id=labels.index(d["label"])) for d in image] for image in run["images"]]
@@ -148,21 +169,34 @@ def table(answers, tiny_det_exports, det_images) -> dict:
         edge = {t: _fpn_edge(tiny_det_exports[mode], det_images, t) for t in (1, 4)}
         rows[(mode, "fpn-edge", 1)] = agreement(edge[1], edge[1], size)
         rows[(mode, "fpn-edge", 4)] = agreement(edge[1], edge[4], size)
+        uint8 = read_metadata(tiny_det_exports[mode])[0]["export"].get("io_dtype") == "uint8"
+        raw = {t: _fpn_edge_raw_pixels(tiny_det_exports[mode], det_images, t) for t in (1, 4)} if uint8 else None
+        if raw:
+            rows[(mode, "fpn-edge, raw pixels", 1)] = agreement(edge[1], raw[1], size)
         for rt, t in RUNS:
             run = det_answer["runs"].get(f"{mode}/{rt}/{t}")
             if run is None:
                 continue
-            rows[(mode, rt, t)] = {"error": run["error"]} if "error" in run else \
-                agreement(edge[t or 1], _standard(run, labels), size)
-    text = ["| model | runtime | threads | detections (fpn-edge / runtime) | matched mean IoU | max score diff |",
-            "|---|---|---|---|---|---|"]
+            if "error" in run:
+                rows[(mode, rt, t)] = {"error": run["error"]}
+                continue
+            got = _standard(run, labels)
+            rows[(mode, rt, t)] = agreement(edge[t or 1], got, size)
+            if raw:
+                rows[(mode, rt, t)]["vs_raw_pixels"] = agreement(raw[t or 1], got, size)
+    def cells(r):
+        if r is None:
+            return "| | |"
+        miss = f" (class {', '.join(map(str, r['missing_classes']))} missing)" if r["missing_classes"] else ""
+        return f"{r['ref']} / {r['got']}{miss} | {r['mean_iou']:.4f} | {r['max_score_diff']:.4f}"
+
+    text = ["| model | runtime | threads | vs fpn-edge: detections | mean IoU | max score diff "
+            "| vs fpn-edge on raw pixels: detections | mean IoU | max score diff |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for (mode, rt, t), r in rows.items():
-        if "error" in r:
-            text.append(f"| {mode} | {rt} | {t or 'default'} | error: {r['error'][:80]} | | |")
-        else:
-            text.append(f"| {mode} | {rt} | {t or 'default'} | {r['ref']} / {r['got']} | {r['mean_iou']:.4f} | "
-                        f"{r['max_score_diff']:.4f} |"
-                        + (f" missing classes {r['missing_classes']}" if r["missing_classes"] else ""))
+        where = f"| {mode} | {rt} | {t or '1 (default)'} |"
+        text.append(f"{where} error: {r['error'][:80]} | | | | | |" if "error" in r else
+                    f"{where} {cells(r)} | {cells(r.get('vs_raw_pixels'))} |")
     versions = ", ".join(f"{k} {v}" for k, v in det_answer["versions"].items())
     text.append(f"\n{versions}; unavailable: {det_answer['unavailable'] or 'none'}")
     print("\n".join(text))
@@ -184,23 +218,45 @@ def test_standard_runtime_agrees_with_fpn_edge(answers, table, mode, runtime, th
         pytest.skip(f"{runtime} is not in the interop venv: {answers[0]['unavailable'][runtime]}")
     r = table[(mode, runtime, threads)]
     assert "error" not in r, r.get("error")
-    if r["ref"] != r["got"] and threads and 2 <= threads and r["missing_classes"] == [threads] and not r["extra"]:
-        pytest.xfail(f"{THREAD_BUG}: {r['ref']} -> {r['got']} detections, class {threads} missing")
+    for ref in filter(None, (r, r.get("vs_raw_pixels"))):
+        if ref["ref"] != ref["got"] and threads and 2 <= threads and ref["missing_classes"] == [threads] \
+                and not ref["extra"]:
+            pytest.xfail(f"{THREAD_BUG}: {ref['ref']} -> {ref['got']} detections, class {threads} missing")
+    ok = r["ref"] == r["got"] > 0 and r["mean_iou"] >= MIN_IOU
+    raw = r.get("vs_raw_pixels")
+    if not ok and raw is not None:
+        # the runtime agrees with fpn-edge's pipeline on its own input convention: the difference is the
+        # input rounding alone (DESIGN.md, "uint8 input"), to which this 60-step model is sensitive
+        assert raw["ref"] == raw["got"] > 0 and raw["mean_iou"] >= MIN_IOU, (r, raw)
+        pytest.xfail(f"uint8 input convention: fpn-edge quantizes the normalized canvas (TFLite QUANTIZE), "
+                     f"{runtime} feeds the raw pixels; on raw pixels: {raw['got']}/{raw['ref']} detections, "
+                     f"IoU {raw['mean_iou']:.4f}")
     assert r["ref"] == r["got"] > 0, r
     assert r["mean_iou"] >= MIN_IOU, r
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_mediapipe_image_segmenter_agrees_with_fpn_edge(answers, tiny_seg_exports, seg_images, mode):
+    """Pixel agreement of the category mask with fpn-edge's class map >= 0.97 on every image (measured fp32:
+    0.978-0.995; the rest is where the two upsample the logits to the image)."""
     from fpn_edge import Segmenter
 
     run = answers[1]["runs"][f"{mode}/mediapipe/None"]
     assert "error" not in run, run.get("error")
     seg = Segmenter.from_file(tiny_seg_exports[mode], threads=1)
-    agree = []
+    uint8 = seg.input_dtype == np.uint8
+    agree, agree_raw = [], []
     for path, mask in zip(seg_images, run["images"]):
-        ours, theirs = seg.segment(str(path)), np.load(mask)
+        theirs = np.load(mask)
+        ours = seg.segment(str(path))
         assert theirs.shape == ours.shape
         agree.append(float((ours == theirs).mean()))
-    print(f"{mode}: MediaPipe ImageSegmenter vs fpn-edge pixel agreement {np.round(agree, 4).tolist()}")
+        if uint8:
+            agree_raw.append(float((seg.postprocess(run_on_raw_pixels(seg, path)) == theirs).mean()))
+    print(f"{mode}: ImageSegmenter vs fpn-edge pixel agreement {np.round(agree, 4).tolist()}; "
+          f"vs fpn-edge on raw pixels {np.round(agree_raw, 4).tolist()}")
+    if min(agree) < 0.97 and agree_raw:
+        assert min(agree_raw) >= 0.97, agree_raw
+        pytest.xfail(f"uint8 input convention (see run_on_raw_pixels): agreement {min(agree):.4f}, "
+                     f"on raw pixels {min(agree_raw):.4f}")
     assert min(agree) >= 0.97, agree
