@@ -260,3 +260,25 @@ def test_mediapipe_image_segmenter_agrees_with_fpn_edge(answers, tiny_seg_export
         pytest.xfail(f"uint8 input convention (see run_on_raw_pixels): agreement {min(agree):.4f}, "
                      f"on raw pixels {min(agree_raw):.4f}")
     assert min(agree) >= 0.97, agree
+
+
+def test_readme_mediapipe_example_runs(interop_python, answers, tiny_det_exports, det_images, tmp_path):
+    """The README's MediaPipe block (the ```py block under "MediaPipe Tasks, Python"), run as it is in the
+    interop venv on the int8 export: one printed line per detection, as many as MediaPipe found above 0.3."""
+    import re
+
+    readme = (HERE.parents[1] / "README.md").read_text()
+    section = readme[readme.index("**MediaPipe Tasks, Python**"):]
+    block = re.search(r"^```py\n(.*?)^```", section, flags=re.S | re.M).group(1)
+    assert "runs/raccoon/model_int8.tflite" in block and '"photo.jpg"' in block
+    (tmp_path / "runs" / "raccoon").mkdir(parents=True)
+    (tmp_path / "runs" / "raccoon" / "model_int8.tflite").write_bytes(tiny_det_exports["int8"].read_bytes())
+    (tmp_path / "photo.jpg").write_bytes(det_images[0].read_bytes())
+    (tmp_path / "example.py").write_text(block)
+    proc = subprocess.run([str(interop_python), "example.py"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = [d for d in answers[0]["runs"]["int8/mediapipe/None"]["images"][0] if d["score"] >= 0.3]
+    lines = [ln for ln in proc.stdout.splitlines() if "BoundingBox" in ln]
+    boxes = {tuple(d["box_xyxy"]) for d in expected}
+    assert 0 < len(lines) == len(boxes), (proc.stdout, expected)   # one line per box (categories merged)
