@@ -19,18 +19,9 @@ model:
   head: {width: 16, depth: 1}
   bn_momentum: 0.9
   postprocess: {score_threshold: 0.3, max_detections: 20, max_detections_per_class: 20}
-data:
-  train: data/train.json
-  val: data/val.json
-  cache: false
-train:
-  epochs: 1
-  steps_per_epoch: 60
-  batch_size: 8
-  optimizer: adamw
-  learning_rate: 0.005
-  warmup_epochs: 0.1
-  eval_every: 1
+data: {train: data/train.json, val: data/val.json, cache: false}
+train: {epochs: 1, steps_per_epoch: 60, batch_size: 8, optimizer: adamw,
+        learning_rate: 0.005, warmup_epochs: 0.1, eval_every: 1}
 export:
   representative_images: 4
   qat_steps: 2
