@@ -6,9 +6,10 @@ outputs in the op's order — boxes ``[1, N, 4]``, classes ``[1, N]``, scores
 expects, pycoral's fallback included) — and the serving signature names them
 as pycoral's ``detect.get_objects`` looks them up: ``output_0`` count,
 ``output_1`` scores, ``output_2`` classes, ``output_3`` boxes
-(``CORAL_SIGNATURE``). The converter writes them as count, boxes, classes,
-scores under descriptive names; ``attach_standard_metadata`` reorders and
-renames them (tensor indices, hence the values, do not change).
+(``CORAL_SIGNATURE``). The converter writes them in an order of its own under
+descriptive names; ``attach_standard_metadata`` reorders and renames them
+(tensor indices, hence the values, do not change). This holds for the graph
+of one op per 2 classes and its merge (``fpn_export.postprocess_op``) alike.
 
 **Standard TFLite Model Metadata** (schema ``metadata_schema.fbs`` 1.5, identifier ``M001``):
 
@@ -26,11 +27,11 @@ What is written, per export kind:
 
 * every export: the image input (``ImageProperties`` RGB, ``NormalizationOptions``
   mean / std per channel, ``Stats`` min / max of the normalized values);
-* detector with the post-process op: the four outputs named ``location``,
-  ``category``, ``score``, ``number of detections`` — each subgraph output gets
-  the name of its position in the *op's* output list (boxes, classes, scores,
-  count), never of its position among the model outputs (the converter writes
-  them as count, boxes, classes, scores); boxes ``BOUNDARIES`` in ``RATIO``
+* detector with the post-process: the four outputs named ``location``,
+  ``category``, ``score``, ``number of detections`` — found by their signature
+  names (``fpn_export.postprocess_op.OUTPUT_NAMES``; a graph of one op: its own
+  output list), never by their position among the model outputs (the converter
+  writes them as count, boxes, classes, scores); boxes ``BOUNDARIES`` in ``RATIO``
   coordinates, index ``[1, 0, 3, 2]`` (the op's ymin, xmin, ymax, xmax);
   ``category`` values are label-file lines (``TENSOR_VALUE_LABELS``); output
   group ``detection_result``;
@@ -232,19 +233,22 @@ def standard_metadata(meta: dict, *, output_names: list, version: str = "",
 
 
 def _postprocess_tensors(model, data: bytes) -> list:
-    """Tensor indices of boxes, classes, scores, count: the op's own output list, or (no op: an in-graph
-    NMS) the signature names, descriptive or pycoral's; never the model output order."""
+    """Tensor indices of boxes, classes, scores, count: the signature's names (descriptive, or pycoral's after
+    an earlier pass), else the one op's own output list when its outputs are the model outputs (a graph
+    of one op); never the model output order."""
     from fpn_export.flatbuffer import read_graph, signature_outputs
     from fpn_export.postprocess_op import OP_NAME, OUTPUT_NAMES
 
-    op = next((o for o in read_graph(data).ops if o.name == OP_NAME), None)
-    if op is not None:
-        return [t.index for t in op.outputs]
     sig = signature_outputs(model)
     for names in (OUTPUT_NAMES, tuple(CORAL_SIGNATURE[k] for k in range(4))):
         if all(n in sig for n in names):
             return [sig[n] for n in names]
-    raise ExportError(f"cannot find the post-process outputs: no {OP_NAME} op, signature outputs {sorted(sig)}")
+    g = read_graph(data)
+    ops = [o for o in g.ops if o.name == OP_NAME]
+    if len(ops) == 1 and {t.index for t in ops[0].outputs} == {t.index for t in g.outputs}:
+        return [t.index for t in ops[0].outputs]
+    raise ExportError(f"cannot find the post-process outputs: {len(ops)} {OP_NAME} op(s), "
+                      f"signature outputs {sorted(sig)}")
 
 
 def attach_standard_metadata(data: bytes, meta: dict, *, version: str = "") -> bytes:

@@ -11,7 +11,7 @@ A ``Config`` has four sections. ``model`` is itself a small tree::
       postprocess:  score_threshold, iou_threshold, max_detections, max_detections_per_class  (detection)
       segmentation: width, c2_skip, final_upsample, ignore_label                     (segmentation)
     data:   train, val, train_include, val_include, strict, hflip, scale_jitter, photometric, cache
-    train:  optimisation, target assignment and losses
+    train:  optimisation, target assignment, losses; strategy, devices, mixed_precision
     export: TFLite export and quantization
 
 The defaults are a generic RetinaNet-style MobileNetV2 FPN (P3-P7, width 128,
@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from keras_fpn.tasks import TASK_NAMES, get_task
 
@@ -41,6 +42,11 @@ class ConfigError(ValueError):
 NECKS = ("fpn", "c5_only", "finest_no_topdown")
 #: ``model.head.kind``
 HEADS = ("retinanet", "ssd_fpnlite")
+#: ``train.strategy`` (``keras_fpn.training.distribute``): one device; the GPUs of one machine;
+#: several machines (one process per machine, the cluster in ``TF_CONFIG``)
+STRATEGIES = ("default", "mirrored", "multi_worker")
+#: ``train.mixed_precision`` compute dtypes (variables, model outputs and losses stay float32)
+MIXED_PRECISION = ("float16", "bfloat16")
 #: the deepest backbone stride (C5): every input side must be a multiple of it
 BACKBONE_STRIDE = 32
 
@@ -246,7 +252,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation, target assignment and losses."""
+    """Optimisation, target assignment and losses; where training runs (``strategy``, ``devices``,
+    ``mixed_precision``: ``keras_fpn.training.distribute``)."""
     epochs: int = 30
     steps_per_epoch: int | None = None  # None: one pass over the training set
     batch_size: int = 16
@@ -270,6 +277,9 @@ class TrainConfig:
     box_loss_delta: float = 0.1
     box_loss_weight: float = 50.0
     dice_weight: float = 0.0             # segmentation: loss = CE + dice_weight * soft Dice
+    strategy: str = "default"            # STRATEGIES; batch_size is the global batch under every strategy
+    devices: tuple[str, ...] | None = None   # mirrored only: e.g. ["/gpu:0", "/gpu:1"]; null = every GPU
+    mixed_precision: Any = False         # false | "float16" | "bfloat16"; true = "float16" (stored as the name)
 
     def __post_init__(self):
         _one_of("train.optimizer", self.optimizer, ("sgd", "adamw"))
@@ -294,6 +304,21 @@ class TrainConfig:
         _number("train.box_loss_delta", self.box_loss_delta, 0, low_open=True)
         _number("train.box_loss_weight", self.box_loss_weight, 0)
         _number("train.dice_weight", self.dice_weight, 0)
+        _one_of("train.strategy", self.strategy, STRATEGIES)
+        if self.devices is not None:
+            if self.strategy != "mirrored":
+                raise ConfigError(f"train.devices applies to train.strategy mirrored, not {self.strategy!r} "
+                                  f"(multi_worker uses every GPU each worker sees: set CUDA_VISIBLE_DEVICES)")
+            if not self.devices or len(set(self.devices)) != len(self.devices):
+                raise ConfigError(f"train.devices must list distinct devices, got {list(self.devices)}")
+            if self.batch_size % len(self.devices):
+                raise ConfigError(f"train.batch_size {self.batch_size} (the global batch) must be divisible by "
+                                  f"the {len(self.devices)} train.devices")
+        precision = "float16" if self.mixed_precision is True else self.mixed_precision or False
+        if precision is not False and precision not in MIXED_PRECISION:
+            raise ConfigError(f"train.mixed_precision must be false, true (= float16), float16 or bfloat16, "
+                              f"got {self.mixed_precision!r}")
+        object.__setattr__(self, "mixed_precision", precision)  # frozen: store the normalised name
 
 
 @dataclass(frozen=True)
@@ -304,8 +329,13 @@ class ExportConfig:
     qat_steps: int = 300
     qat_learning_rate: float = 1e-5      # Adam; 1e-4 cost 4.4 % AP on the converged raccoon model (DESIGN.md)
     qat_batch_size: int = 8
+    # the exported NMS: "pairs" = one TFLite_Detection_PostProcess op per 2 classes + an in-graph merge: the same
+    # detections at every thread count in every runtime; "single" = one op: faster with many classes (80 classes:
+    # 12 vs 44 ms at 1 thread), right only at 1 or >= C threads outside fpn-edge (the kernel skips class T)
+    nms_ops: str = "pairs"
 
     def __post_init__(self):
+        _one_of("export.nms_ops", self.nms_ops, ("pairs", "single"))
         _integer("export.representative_images", self.representative_images, 1)
         _one_of("export.int8_io", self.int8_io, ("uint8", "int8", "float32"))
         _integer("export.qat_steps", self.qat_steps, 1)

@@ -11,18 +11,32 @@ the whole batch, ``max(1, count)``. Keras reduces a loss with
 ``call`` returns per-sample values ``sum_b * B / max(1, count)``; the reduced
 value is then exactly ``sum over the batch / max(1, count)``, and per-sample
 ``sample_weight`` still works.
+
+Under a ``tf.distribute`` strategy with R replicas each replica holds ``b = B / R``
+examples; Keras divides each replica's loss by ``b`` and by R and sums the gradients
+over the replicas. ``count`` and ``B`` are then the sums over the replicas
+(``keras_fpn.ops.replicas.replica_sum``): each replica returns ``sum_r * B / max(1,
+count)`` per sample, its reduced loss is ``sum_r / max(1, count)``, and the summed
+gradient is that of ``sum over the global batch / max(1, count)`` -- the single-device
+loss of the same global batch. With one replica nothing is summed.
 """
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 
+from keras_fpn.ops.replicas import replica_sum
+
 __all__ = ["FocalLoss", "BoxLoss"]
 
 
 def _batch_normalizer(num_positive: tf.Tensor, batch_size: tf.Tensor, per_positive: float) -> tf.Tensor:
-    """Return ``B / (per_positive * max(1, count))``: per-sample sums -> batch-normalized shares."""
-    return tf.cast(batch_size, tf.float32) / (per_positive * tf.maximum(num_positive, 1.0))
+    """Return ``B / (per_positive * max(1, count))``: per-sample sums -> batch-normalized shares.
+
+    ``num_positive`` and ``batch_size`` are this replica's; both are summed over the
+    replicas in sync first (see the module doc)."""
+    batch = replica_sum(tf.cast(batch_size, tf.float32))
+    return batch / (per_positive * tf.maximum(replica_sum(num_positive), 1.0))
 
 
 @keras.saving.register_keras_serializable(package="keras_fpn")

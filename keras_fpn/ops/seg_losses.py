@@ -7,7 +7,9 @@ prediction is ``seg_logits [B, H, W, K]``.
 Normalization: the cross-entropy is averaged over the *valid* (non-ignored)
 pixels of the whole batch. As in ``keras_fpn.ops.losses``, ``call`` returns
 per-sample shares ``sum_b * B / max(1, valid pixels in the batch)``, so Keras'
-``sum_over_batch_size`` reduction gives exactly that mean.
+``sum_over_batch_size`` reduction gives exactly that mean. Under a ``tf.distribute``
+strategy the valid-pixel count and B are summed over the replicas first, as the
+detection losses do (``keras_fpn.ops.losses``), so the mean is over the global batch.
 
 Soft Dice (``dice_weight > 0``): ``1 - mean_k (2 sum p_k y_k + 1) / (sum p_k +
 sum y_k + 1)`` over the K channels, with softmax probabilities ``p`` and
@@ -23,6 +25,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_fpn.ops.replicas import replica_sum
 from keras_fpn.ops.seg_labels import IGNORE_LABEL
 
 __all__ = ["SegmentationLoss"]
@@ -65,8 +68,8 @@ class SegmentationLoss(keras.losses.Loss):
         safe = tf.where(valid, labels, tf.zeros_like(labels))
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=y_pred)  # (B, H, W)
         per_sample = tf.reduce_sum(ce * validf, axis=[1, 2])
-        batch = tf.cast(tf.shape(labels)[0], tf.float32)
-        loss = per_sample * batch / tf.maximum(tf.reduce_sum(validf), 1.0)
+        batch = replica_sum(tf.cast(tf.shape(labels)[0], tf.float32))
+        loss = per_sample * batch / tf.maximum(replica_sum(tf.reduce_sum(validf)), 1.0)
         if self.dice_weight > 0.0:
             prob = tf.nn.softmax(y_pred) * validf[..., None]
             onehot = tf.one_hot(safe, num_classes, dtype=tf.float32) * validf[..., None]

@@ -16,10 +16,15 @@ from keras_fpn.training.checkpoints import copy_checkpoint, finite_loss, save_ch
 _BN_FORWARD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def recompute_bn_statistics(model, batches) -> int:
+def recompute_bn_statistics(model, batches, strategy=None) -> int:
     """Precise BN: replace every BatchNorm's moving mean/variance by the average of
     its batch statistics over ``batches`` (an iterable of image batches), with the
     current weights frozen.
+
+    With a ``strategy`` of several replicas (``keras_fpn.training.distribute``)
+    ``batches`` is a ``tf.data.Dataset`` of global batches: each is split over the
+    replicas and the synchronized BatchNorms see its statistics, as one device would;
+    every worker must call this at the same time.
 
     Why: moving averages lag behind weights that still change quickly; measured on
     the synthetic demo, eval-mode AP50 went from 0.01 to 0.45 on the same weights.
@@ -47,7 +52,9 @@ def recompute_bn_statistics(model, batches) -> int:
         forward = _BN_FORWARD.get(model)
         if forward is None:  # traced once per model, always with momentum 0; holds no strong
             ref = weakref.ref(model)  # reference to the model, so the cache entry dies with it
-            forward = _BN_FORWARD[model] = tf.function(lambda x: ref()(x, training=True))
+            forward = _BN_FORWARD[model] = _bn_forward(ref, strategy)
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            batches = strategy.experimental_distribute_dataset(batches)
         for count, images in enumerate(batches, start=1):
             forward(images)
             for acc, pair in zip(sums, stats):
@@ -66,6 +73,16 @@ def recompute_bn_statistics(model, batches) -> int:
             for a, v in zip(acc, pair):
                 v.assign((a / count).astype(np.float32))
     return count
+
+
+def _bn_forward(ref, strategy):
+    """The training-mode forward pass of precise BN, one ``tf.function``; on every replica
+    of a ``strategy`` with several (its synchronized BatchNorms then see the global batch)."""
+    import tensorflow as tf
+
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return tf.function(lambda x: ref()(x, training=True))
+    return tf.function(lambda x: strategy.run(lambda images: ref()(images, training=True), args=(x,)))
 
 
 class HistoryCSV(keras.callbacks.CSVLogger):
@@ -93,15 +110,23 @@ class EvalCheckpoint(keras.callbacks.Callback):
     them (higher is better) or ``val_loss`` (lower is better, any epoch). The best value
     survives restarts through ``RUN/best.json``.
 
+    Under a strategy (``keras_fpn.training.distribute``): ``bn_strategy`` runs precise BN on
+    every replica; a non-chief worker (``chief=False``) recomputes BN at the same epochs as
+    the chief but does not evaluate, and writes its ``last.*`` into ``run_dir`` (its own
+    temporary directory).
+
     Every checkpoint is written atomically and read back (``checkpoints.save_checkpoint``);
     it must come before the resume backup in the callback list, so that the backup only
     records an epoch as finished once its checkpoints are on disk. An epoch whose loss is
     not finite (``TerminateOnNaN`` stopped it) writes nothing: ``nan_epoch`` records it.
     """
 
-    def __init__(self, run_dir, evaluator, *, every: int, last_epoch: int, monitor: str, bn_batches=None):
+    def __init__(self, run_dir, evaluator, *, every: int, last_epoch: int, monitor: str, bn_batches=None,
+                 bn_strategy=None, chief: bool = True):
         super().__init__()
         self.bn_batches = bn_batches  # a re-iterable of image batches for precise BN, or None
+        self.bn_strategy = bn_strategy
+        self.chief = chief
         self.run_dir = Path(run_dir)
         self.log_keys, self._evaluate = evaluator if evaluator is not None else ((), None)
         self.every = every
@@ -145,8 +170,8 @@ class EvalCheckpoint(keras.callbacks.Callback):
         # the demo's ~22 s epochs).
         if self.bn_batches is not None and (is_eval or epoch + 1 == self.last_epoch
                                             or self.monitor == "val_loss"):
-            recompute_bn_statistics(self.model, self.bn_batches)
-        if is_eval:
+            recompute_bn_statistics(self.model, self.bn_batches, self.bn_strategy)
+        if is_eval and self.chief:
             metrics, values = self._evaluate(self.model, epoch)
             logs.update(values)
         save_checkpoint(self.model, self.run_dir / "last.weights.h5")

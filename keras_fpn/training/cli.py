@@ -16,7 +16,8 @@ def _cmd_train(args) -> int:
     from keras_fpn.tasks import get_task
     from keras_fpn.training.train import train
 
-    cfg = Config.from_yaml(args.config, args.set or [])
+    strategy = [f"train.strategy={args.strategy}"] if args.strategy else []
+    cfg = Config.from_yaml(args.config, (args.set or []) + strategy)
     run_dir = args.run_dir or os.path.join("runs", Path(args.config).stem)
     print(f"training {args.config} -> {run_dir}")
     result = train(cfg, run_dir, verbose=1 if not args.quiet else 2, force=args.force)
@@ -87,6 +88,8 @@ def _cmd_predict(args) -> int:
 
 
 def add_training_commands(sub) -> None:
+    from keras_fpn.config.schema import STRATEGIES
+
     p = sub.add_parser("train", help="train a detector from a YAML config into a run directory",
                        description="Train with Model.fit. Rerunning the same command resumes a killed run.")
     p.add_argument("config", help="YAML config file, or the name of a shipped config (`keras-fpn configs`)")
@@ -94,6 +97,10 @@ def add_training_commands(sub) -> None:
                    help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--run-dir", help="output run directory (default runs/<config name>)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    p.add_argument("--strategy", choices=STRATEGIES,
+                   help="train.strategy: one device (default), the GPUs of this machine (mirrored; "
+                        "train.devices picks them), or one process per machine with the cluster in "
+                        "TF_CONFIG (multi_worker)")
     p.add_argument("--force", action="store_true",
                    help="the run directory was trained with another config or dataset: discard that training "
                         "(checkpoints, history, backup; exports stay) and train anew")

@@ -11,6 +11,11 @@ Backbone freezing for the first ``train.freeze_backbone_epochs`` epochs is a sep
 ``fit`` phase (Keras fixes the trainable set at compile time); ``RUN/state.json``
 records which phase finished. ``RUN/fingerprint.json`` records the config and labels
 the run was trained with; another config is refused unless ``force``.
+
+``train.strategy`` / ``train.mixed_precision`` (several GPUs or machines, float16 /
+bfloat16 compute) are set up by ``keras_fpn.training.distribute``, whose docstring
+states how batches, losses, BatchNorm, checkpoints and evaluation behave there; the
+``default`` strategy without mixed precision is the single-device training unchanged.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from keras_fpn.models.factory import build_model
 from keras_fpn.rundir import (FINGERPRINT, RunDirError, discard_training, fingerprint_differences, read_labels,
                               save_labels, with_num_classes, write_fingerprint)
 from keras_fpn.tasks import get_task
+from keras_fpn.training import distribute
 from keras_fpn.training.callbacks import EvalCheckpoint, HistoryCSV
 from keras_fpn.training.checkpoints import BackupEveryStepsAndEpoch, complete_pair, load_checkpoint, read_backup
 from keras_fpn.training.optimizer import build_optimizer
@@ -77,6 +83,31 @@ def precise_bn_batches(cfg: Config, train_set):
     return task.pipeline(cfg, train_set.subset(range(n)), training=False).map(lambda x, y: x)
 
 
+def new_model(cfg: Config, place, element_spec):
+    """The model of ``cfg`` for training under ``place`` (``distribute.placement``): built in the
+    strategy's scope, BatchNorm synchronized over several replicas, Keras' multi-worker
+    work-arounds applied (``element_spec``: the training pipeline's)."""
+    with place.scope():
+        model = build_model(cfg.model)
+    if place.replicas > 1:
+        distribute.synchronize_batchnorm(model)
+    if place.kind == "multi_worker":
+        distribute.work_around_keras_multi_worker(model, element_spec)
+    return model
+
+
+def compile_model(model, cfg: Config, place, train_ds, steps_per_epoch: int, *, first_epoch: int = 0) -> None:
+    """Compile ``model`` with the task's losses and the optimizer (``replicas`` of ``place``), build the
+    optimizer and the loss trackers, and start the step counter at ``first_epoch``."""
+    loss, weights = get_task(cfg.model.task).losses(cfg)
+    with place.scope():
+        model.compile(optimizer=build_optimizer(cfg, steps_per_epoch, replicas=place.replicas), loss=loss,
+                      loss_weights=weights)
+        model.optimizer.build(model.trainable_variables)
+        model.optimizer.iterations.assign(first_epoch * steps_per_epoch)  # the schedule continues across phases
+        build_loss_trackers(model, train_ds)
+
+
 class TrainingError(ValueError):
     """Training cannot go on (a NaN loss, a run directory it cannot write); the message is one line."""
 
@@ -97,8 +128,15 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 
       RunDirError: another fingerprint, an unreadable checkpoint or backup, a file it cannot write.
       TrainingError: the loss became NaN (the checkpoints keep the last finite epoch).
     """
+    place = distribute.placement(cfg.train)  # first: multi_worker starts TensorFlow's collective runtime
+    with distribute.precision_policy(cfg.train.mixed_precision):
+        return _train(cfg, Path(run_dir), place, backup_every_steps=backup_every_steps, verbose=verbose,
+                      force=force)
+
+
+def _train(cfg: Config, run: Path, place, *, backup_every_steps: int, verbose, force: bool) -> dict:
     task = get_task(cfg.model.task)
-    run = Path(run_dir)
+    out = place.write_dir(run)  # the run directory on the chief, a temporary one on other workers
     if run.exists() and not run.is_dir():
         raise RunDirError(f"{run}: exists and is not a directory")
     keras.utils.set_random_seed(cfg.train.seed)
@@ -110,15 +148,22 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 
         raise ValueError(f"{cfg.data.val or cfg.data.train}: no validation image can be decoded")
     cfg = with_num_classes(cfg, train_set.label_map.num_classes)
     labels = train_set.label_map.names
-    _claim(run, cfg, labels, force)
+    if place.chief:
+        _claim(run, cfg, labels, force)
 
     steps = cfg.train.steps_per_epoch or max(len(train_set) // cfg.train.batch_size, 1)
-    train_ds = task.pipeline(cfg, train_set, training=True).repeat()
-    model = build_model(cfg.model)  # a backbone weights error leaves the run directory as it was
-    loss, weights = task.losses(cfg)
+    train_ds = task.pipeline(cfg, train_set, training=True, deterministic=place.kind == "multi_worker").repeat()
+    model = new_model(cfg, place, train_ds.element_spec)  # a backbone weights error leaves the run directory as it was
+    bn_batches = precise_bn_batches(cfg, train_set)
+    if place.distributed:
+        train_ds = distribute.distribute_options(train_ds)
+        bn_batches = bn_batches if bn_batches is None else distribute.distribute_options(bn_batches)
     with _write_errors(run):
-        _record(run, cfg, labels)
-        state = _start_state(run)
+        if place.chief:
+            _record(run, cfg, labels)
+        out.mkdir(parents=True, exist_ok=True)
+        distribute.restore_from_chief(run, place)  # before the first fit only: no worker moves on without the chief
+        state = _start_state(run, out)
     freeze = min(cfg.train.freeze_backbone_epochs, cfg.train.epochs)
     phases = ([("frozen", 0, freeze)] if freeze else []) + [("full", freeze, cfg.train.epochs)]
     started = time.time()
@@ -128,26 +173,28 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 
         if phase == "full" and state.get("phase_done") == "frozen":
             load_checkpoint(model, run / "last.weights.h5")
         _set_backbone_trainable(model, phase != "frozen")
-        model.compile(optimizer=build_optimizer(cfg, steps), loss=loss, loss_weights=weights)
-        model.optimizer.build(model.trainable_variables)
-        model.optimizer.iterations.assign(first * steps)  # the schedule continues across phases
-        build_loss_trackers(model, train_ds)
-        checkpoint = EvalCheckpoint(run, task.epoch_evaluator(val_set, cfg), every=cfg.train.eval_every,
+        compile_model(model, cfg, place, train_ds, steps, first_epoch=first)
+        checkpoint = EvalCheckpoint(out, task.epoch_evaluator(val_set, cfg), every=cfg.train.eval_every,
                                     last_epoch=cfg.train.epochs, monitor=cfg.train.checkpoint_metric,
-                                    bn_batches=precise_bn_batches(cfg, train_set))
+                                    bn_batches=bn_batches, bn_strategy=place.strategy if place.distributed else None,
+                                    chief=place.chief)
         # Order matters at each epoch end: checkpoints, history and logs first, the backup last, so that
         # the backup only marks an epoch finished once everything else of it is on disk.
+        chief_only = [HistoryCSV(run / "history.csv"),
+                      keras.callbacks.TensorBoard(str(run / "logs"), write_graph=False, profile_batch=0)]
         callbacks = [
             checkpoint,
-            HistoryCSV(run / "history.csv"),
+            *(chief_only if place.chief else []),
             keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.TensorBoard(str(run / "logs"), write_graph=False, profile_batch=0),
-            BackupEveryStepsAndEpoch(run / "backup", backup_every_steps, phase=phase,
+            BackupEveryStepsAndEpoch(out / "backup", backup_every_steps, phase=phase,
                                      after_restore=checkpoint.write_missing_last),
         ]
         val_ds = task.pipeline(cfg, val_set, training=False) if cfg.train.checkpoint_metric == "val_loss" else None
+        if val_ds is not None and place.distributed:
+            val_ds = distribute.distribute_options(val_ds)
         with _write_errors(run):
-            _trim_history(run / "history.csv", _resume_epoch(run, phase, first))
+            if place.chief:
+                _trim_history(run / "history.csv", _resume_epoch(out, phase, first))
             model.fit(train_ds, epochs=last, initial_epoch=first, steps_per_epoch=steps,
                       validation_data=val_ds, callbacks=callbacks, verbose=verbose, shuffle=False)
         if checkpoint.nan_epoch is not None:
@@ -156,11 +203,13 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, backup_every_steps: int = 
                                 "or raise train.warmup_epochs, in a new --run-dir or with --force)")
         state = {"phase_done": phase}
         with _write_errors(run):
-            _write_state(run / "state.json", state)  # before the backup goes: a kill in between loses nothing
-        shutil.rmtree(run / "backup", ignore_errors=True)
+            if place.chief:  # the chief's record is every worker's (all restart from the same phase)
+                _write_state(run / "state.json", state)  # before the backup goes: a kill in between loses nothing
+        shutil.rmtree(out / "backup", ignore_errors=True)
     with _write_errors(run):
-        for which in ("last", "best"):  # a finished run whose checkpoint lost one of its two files
+        for which in ("last", "best") if place.chief else ():  # a finished run whose checkpoint lost a file
             complete_pair(model, run, which)
+    place.finish(run)
     best = json.loads((run / "best.json").read_text()) if (run / "best.json").is_file() else None
     evaluation = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else None
     return {"run_dir": str(run), "epochs": cfg.train.epochs, "seconds": time.time() - started,
@@ -197,16 +246,17 @@ def _record(run: Path, cfg: Config, labels) -> None:
         write_fingerprint(run, cfg, labels)
 
 
-def _start_state(run: Path) -> dict:
-    """``state.json`` of the run, after removing what a killed process left: temporary files of the
-    atomic writer, and a backup of a training whose last phase is already recorded as done."""
-    for folder in (run, run / "backup"):
+def _start_state(run: Path, out: Path) -> dict:
+    """``state.json`` of the run, after removing what a killed process left in ``out`` (this
+    process' write directory: ``run`` on the chief): temporary files of the atomic writer, and
+    a backup of a training whose last phase is already recorded as done."""
+    for folder in (out, out / "backup"):
         for tmp in folder.glob(".tmp-*"):
             tmp.unlink(missing_ok=True)
     state_path = run / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     if state.get("phase_done") == "full":
-        shutil.rmtree(run / "backup", ignore_errors=True)
+        shutil.rmtree(out / "backup", ignore_errors=True)
     return state
 
 
