@@ -166,10 +166,14 @@ def _map_postprocess_outputs(interp, outputs: list, where) -> dict:
                 found.setdefault(key, idx)
     if len(found) == 4 and len(set(found.values())) == 4:
         return found
-    # 3. Signature names as pycoral reads them (keras-fpn exports since the SSD convention, TF OD API).
+    # 3. Signature names as pycoral reads them (keras-fpn exports since the SSD convention, TF OD API):
+    #    output_0 count ... output_3 boxes, told from generic names in op order (step 5) by the shapes.
     sig = dict(_signature_outputs(interp))
+    shapes = {d["index"]: [int(v) for v in d["shape"]] for d in outputs}
     if all(name in sig for name in CORAL_SIGNATURE.values()):
-        return {key: sig[CORAL_SIGNATURE[key]] for key in PP_KEYS}
+        coral = {key: sig[CORAL_SIGNATURE[key]] for key in PP_KEYS}
+        if shapes.get(coral["boxes"], [])[-1:] == [4] and shapes.get(coral["num_detections"]) == [1]:
+            return coral
     # 4. Tensor names "X", "X:1", "X:2", "X:3" (the op's outputs in order).
     stems = {}
     for name, idx in by_name.items():
@@ -179,6 +183,10 @@ def _map_postprocess_outputs(interp, outputs: list, where) -> dict:
     for stem, ks in stems.items():
         if sorted(ks) == [0, 1, 2, 3]:
             return {key: ks[k] for k, key in enumerate(PP_KEYS)}
+    # 5. Generic signature names output_0..output_3 in the op's order (boxes, classes, scores, count).
+    order = _signature_outputs(interp)
+    if len(order) == 4:
+        return {key: idx for key, (_, idx) in zip(PP_KEYS, order)}
     raise EdgeError(f"{where}: cannot tell the post-process outputs apart "
                     f"(outputs: {sorted(by_name)})")
 

@@ -184,9 +184,10 @@ def table(answers, tiny_det_exports, det_images) -> dict:
             rows[(mode, rt, t)] = agreement(edge[t or 1], got, size)
             if raw:
                 rows[(mode, rt, t)]["vs_raw_pixels"] = agreement(raw[t or 1], got, size)
+
     def cells(r):
         if r is None:
-            return "| | |"
+            return "– | – | –"
         miss = f" (class {', '.join(map(str, r['missing_classes']))} missing)" if r["missing_classes"] else ""
         return f"{r['ref']} / {r['got']}{miss} | {r['mean_iou']:.4f} | {r['max_score_diff']:.4f}"
 
