@@ -1,9 +1,12 @@
 """keras-fpn metadata inside a .tflite file: a ZIP archive appended to the flatbuffer.
 
 TFLite interpreters ignore bytes after the flatbuffer, and :mod:`zipfile` reads an
-archive that has other data in front of it (TFLite's own metadata populator uses
-the same trick for associated files), so one file carries the model and
-everything ``fpn-edge`` needs to run it.
+archive that has other data in front of it, so one file carries the model and
+everything ``fpn-edge`` needs to run it. The archive is also where the standard
+TFLite Model Metadata inside the flatbuffer (``fpn_edge.standard_metadata``)
+finds its associated file ``labels.txt``: MediaPipe and the Task Library read
+only an *uncompressed* (stored) archive, so it is written stored; older exports
+with a compressed archive still read here.
 
 Archive members:
 
@@ -240,7 +243,7 @@ def write_metadata(tflite_path_or_bytes, meta: dict, anchors: np.ndarray | None,
         raise EdgeError(f"{out_path}: a raw model needs its anchors in the metadata")
 
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(META_NAME, json.dumps(meta, indent=2, sort_keys=True))
         zf.writestr(LABELS_NAME, "".join(f"{s}\n" for s in meta["labels"]))
         if anchors is not None:
