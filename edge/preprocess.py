@@ -277,3 +277,20 @@ def quantize(x: np.ndarray, scale: float, zero_point: int, dtype, out: np.ndarra
         return q.astype(dtype)
     np.copyto(out, q, casting="unsafe")
     return out
+
+
+def is_pixel_quantization(normalization: dict, scale: float, zero_point: int, dtype) -> bool:
+    """True when a uint8 input's quantization is the model's normalization itself.
+
+    That is: RGB order, and for every channel ``std * scale == 1`` (to 1e-3) and
+    ``|zero_point - mean| <= 0.5``, so that quantizing the normalized pixel ``p`` gives ``p``
+    up to half a step: the MobileNet normalization ``(p - 127.5) / 127.5`` with scale
+    ``1 / 127.5`` and zero point 127 or 128. The input is then the pixels themselves, which is
+    what every standard runtime (MediaPipe, the TFLite Task Library, pycoral) feeds a uint8 model.
+    """
+    if np.dtype(dtype) != np.uint8 or normalization.get("channel_order", "RGB") != "RGB" or not scale:
+        return False
+    mean = np.asarray(normalization["mean"], np.float64)
+    std = np.asarray(normalization["std"], np.float64)
+    return bool(np.all(np.abs(std * float(scale) - 1.0) <= 1e-3) and np.all(np.abs(float(zero_point) - mean) <= 0.5))
+

@@ -19,7 +19,8 @@ import numpy as np
 from fpn_edge.errors import EdgeError
 from fpn_edge.interpreter import LoadedInterpreter, load_interpreter
 from fpn_edge.metadata import read_metadata
-from fpn_edge.preprocess import RESIZE_MODES, as_rgb_uint8, letterbox, load_image, normalize, quantize
+from fpn_edge.preprocess import (RESIZE_MODES, as_rgb_uint8, is_pixel_quantization, letterbox, load_image, normalize,
+                                  quantize)
 
 __all__ = ["ModelRunner", "RUNNERS", "open_runner", "runner_class", "dequantize"]
 
@@ -80,6 +81,10 @@ class ModelRunner:
         self._qinput = (np.zeros((1, h, w, 3), self.input_dtype)
                         if self.input_dtype != np.float32 else None)
         self._qwork = np.zeros((2, 1, h, w, 3), np.float32) if self._qinput is not None else None
+        #: a uint8 input whose quantization is the normalization takes the canvas' pixels (rounded), as the
+        #: standard runtimes feed them (``fpn_edge.preprocess.is_pixel_quantization``)
+        self.pixel_input = self._qinput is not None and is_pixel_quantization(
+            self._normalization, *self._input["quantization"], self.input_dtype)
         self._outputs = self._interp.get_output_details()
         self._out_details = {d["index"]: d for d in self._outputs}
 
@@ -122,8 +127,16 @@ class ModelRunner:
     def set_input(self, model_input: np.ndarray) -> None:
         """Copy a normalized float canvas ``[H, W, 3]`` or ``[1, H, W, 3]`` into the input tensor.
 
-        Quantizes with the input tensor's (scale, zero_point) for uint8/int8 models.
+        Quantizes with the input tensor's (scale, zero_point) for uint8/int8 models; when
+        ``pixel_input`` and ``model_input`` is the buffer :meth:`preprocess` just filled, the
+        input is the canvas' pixels rounded to integers instead (at most 1 step from the
+        quantized value; what MediaPipe, the Task Library and pycoral feed).
         """
+        if model_input is self._norm and self.pixel_input:
+            np.rint(self._canvas, out=self._qwork[0, 0])
+            np.copyto(self._qinput[0], self._qwork[0, 0], casting="unsafe")
+            self._interp.set_tensor(self._input["index"], self._qinput)
+            return
         if model_input is self._norm:
             x = self._norm
         else:

@@ -53,11 +53,14 @@ def detector_metadata(config, labels, *, output: str, mode: str, extra: Optional
 
 def _classes_per_op(mode, export):
     """Classes per post-process op: 2 (right at every thread count, needs TFLite >= 2.13 for its
-    BITCAST merge), or one op (None) for the Edge TPU, whose runtime (tflite_runtime 2.5) cannot load
-    BITCAST, and where ``export.nms_ops`` is ``single``."""
+    BITCAST merge), or one op (None): for the Edge TPU, whose runtime (tflite_runtime 2.5) cannot load
+    BITCAST; for int16x8, whose converter asks a calibration range of the merge's int32 SUM / MINIMUM
+    ("Max and min for dynamic tensors should be recorded", TF 2.21); and where ``export.nms_ops`` is
+    ``single``."""
     from fpn_export.postprocess_op import SAFE_CLASSES_PER_OP
 
-    return None if mode.edgetpu or export.nms_ops == "single" else SAFE_CLASSES_PER_OP
+    one_op = mode.edgetpu or mode.name == "int16x8" or export.nms_ops == "single"
+    return None if one_op else SAFE_CLASSES_PER_OP
 
 
 def _output_names(out, postprocess: bool) -> dict:

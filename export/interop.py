@@ -178,6 +178,36 @@ def _detection_outputs(w: _Writer, op_positions: list, labels_file):
     return [made[k] for k in op_positions]
 
 
+def _detection_outputs_metadata(w, meta, labels, labels_file, output_names, op_positions):
+    """Detection outputs: the post-process op's four (named for MediaPipe / the Task Library, in one
+    ``detection_result`` group), or a raw export's two head outputs. -> (outputs, groups, custom)."""
+    if meta["output"] != "postprocess":
+        return [_tensor(w, n, "raw head output (keras-fpn anchors and box coder in fpn_meta.json)",
+                        files=w.offsets([labels_file(axis=True)]) if "logits" in n else None)
+                for n in output_names], None, None
+    if sorted(op_positions or []) != [0, 1, 2, 3]:
+        raise ExportError(f"post-process outputs not found: op positions {op_positions}")
+    outputs = _detection_outputs(w, op_positions, labels_file)
+    names = w.offsets([w.string(DETECTION_OUTPUT_NAMES[k]) for k in range(3)])
+    return outputs, w.offsets([w.table((0, "off", w.string("detection_result")), (1, "off", names))]), None
+
+
+def _segmentation_outputs_metadata(w, meta, labels, labels_file, output_names, op_positions):
+    """The segmenter's logits as ``segmentation_masks`` plus MediaPipe's ``SEGMENTER_METADATA``
+    (softmax activation). -> (outputs, groups, custom)."""
+    outputs = [_tensor(w, "segmentation_masks", f"logits [1, H, W, {len(labels)}]; argmax = class",
+                       _content(w, _IMAGE, w.table((0, "i8", _GRAYSCALE))), files=w.offsets([labels_file(axis=True)]))]
+    opts = _Writer()
+    opts_bytes = opts.finish(opts.table((0, "i8", _SOFTMAX)), b"V001")   # ImageSegmenterOptions
+    custom = w.offsets([w.table((0, "off", w.string("SEGMENTER_METADATA")), (1, "off", w.bytes16(opts_bytes)))])
+    return outputs, None, custom
+
+
+#: task -> (its outputs' metadata, labels.txt of the root is per channel (else per class id))
+_TASK_OUTPUTS = {"detection": (_detection_outputs_metadata, False),
+                 "segmentation": (_segmentation_outputs_metadata, True)}
+
+
 def standard_metadata(meta: dict, *, output_names: list, version: str = "",
                       op_positions: Optional[list] = None) -> bytes:
     """The ``ModelMetadata`` flatbuffer of an export.
@@ -190,7 +220,7 @@ def standard_metadata(meta: dict, *, output_names: list, version: str = "",
         op_positions: post-process exports: for each model output, its position in the op's output
             list (0 boxes, 1 classes, 2 scores, 3 count).
     """
-    task, kind = meta["task"], meta["output"]
+    task = meta["task"]
     labels = meta["labels"]
     w = _Writer()
 
@@ -199,26 +229,10 @@ def standard_metadata(meta: dict, *, output_names: list, version: str = "",
         return _file(w, LABELS_FILE, _AXIS_LABELS if axis else _VALUE_LABELS, f"{len(labels)} labels, {what} = line")
 
     image = _image_input(w, meta["input"]["normalization"], meta["input"]["height"], meta["input"]["width"])
-    groups = custom = None
-    if task == "detection" and kind == "postprocess":
-        if sorted(op_positions or []) != [0, 1, 2, 3]:
-            raise ExportError(f"post-process outputs not found: op positions {op_positions}")
-        outputs = _detection_outputs(w, op_positions, labels_file)
-        names = w.offsets([w.string(DETECTION_OUTPUT_NAMES[k]) for k in range(3)])
-        groups = w.offsets([w.table((0, "off", w.string("detection_result")), (1, "off", names))])
-    elif task == "detection":
-        outputs = [_tensor(w, n, "raw head output (keras-fpn anchors and box coder in fpn_meta.json)",
-                           files=w.offsets([labels_file(axis=True)]) if "logits" in n else None)
-                   for n in output_names]
-    elif task == "segmentation":
-        outputs = [_tensor(w, "segmentation_masks", f"logits [1, H, W, {len(labels)}]; argmax = class",
-                           _content(w, _IMAGE, w.table((0, "i8", _GRAYSCALE))), files=w.offsets([labels_file(axis=True)]))]
-        opts = _Writer()
-        opts_bytes = opts.finish(opts.table((0, "i8", _SOFTMAX)), b"V001")   # ImageSegmenterOptions
-        custom = w.offsets([w.table((0, "off", w.string("SEGMENTER_METADATA")),
-                                    (1, "off", w.bytes16(opts_bytes)))])
-    else:
+    if task not in _TASK_OUTPUTS:
         raise ExportError(f"no standard metadata for task {task!r}")
+    describe, labels_per_channel = _TASK_OUTPUTS[task]
+    outputs, groups, custom = describe(w, meta, labels, labels_file, output_names, op_positions)
     ins, outs = w.offsets([image]), w.offsets(outputs)
     sub = w.table((2, "off", ins), (3, "off", outs), (8, "off", groups), (9, "off", custom))
     name = meta.get("config", {}).get("name") or f"keras-fpn {task}"
@@ -227,7 +241,7 @@ def standard_metadata(meta: dict, *, output_names: list, version: str = "",
                                        f"keras-fpn settings in fpn_meta.json")),
                    (2, "off", w.string(version or "unknown")), (3, "off", w.offsets([sub])),
                    (4, "off", w.string("keras-fpn")),
-                   (6, "off", w.offsets([labels_file(axis=task == "segmentation")])),
+                   (6, "off", w.offsets([labels_file(axis=labels_per_channel)])),
                    (7, "off", w.string(MIN_PARSER_VERSION[task])))
     return w.finish(root, b"M001")
 

@@ -9,6 +9,7 @@ from fpn_edge import Detector, EdgeError
 from fpn_edge.interpreter import interpreter_backend, load_interpreter, parse_delegate
 from fpn_edge.metadata import strip_metadata
 from fpn_edge.postprocess import decode_detections
+from fpn_edge.preprocess import quantize
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +221,29 @@ def test_tflite_runtime_fallback(monkeypatch):
     monkeypatch.setitem(sys.modules, "tflite_runtime", pkg)
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake)
     assert interpreter_backend()[2] == "tflite-runtime"
+
+
+def test_pixel_quantization_rule_by_hand():
+    """The uint8 input is the pixels themselves when its quantization is the normalization."""
+    from fpn_edge.preprocess import is_pixel_quantization
+
+    mobilenet = {"channel_order": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3}
+    assert is_pixel_quantization(mobilenet, 1 / 127.5, 128, np.uint8)
+    assert is_pixel_quantization(mobilenet, 2 / 255, 127, np.uint8)          # the int8 exports' 127
+    assert not is_pixel_quantization(mobilenet, 1 / 127.5, 120, np.uint8)    # zero point 7.5 steps off
+    assert not is_pixel_quantization(mobilenet, 0.01, 128, np.uint8)         # another range
+    assert not is_pixel_quantization(mobilenet, 1 / 127.5, 0, np.int8)       # int8 input: no raw pixels
+    caffe = {"channel_order": "BGR", "mean": [103.9, 116.8, 123.7], "std": [1.0] * 3}
+    assert not is_pixel_quantization(caffe, 1.0, 117, np.uint8)
+
+
+def test_uint8_input_is_the_rounded_canvas(models, image_path):
+    """A MobileNet-normalized uint8 model gets the canvas' pixels (as MediaPipe / pycoral feed them),
+    never more than 1 step from what quantizing the normalized canvas gives."""
+    det = Detector.from_file(models["pp_int8"], threads=1)
+    scale, zp = det._input["quantization"]
+    assert det.pixel_input, (det._normalization, scale, zp)
+    det.detect(image_path)
+    np.testing.assert_array_equal(det._qinput[0], np.rint(det._canvas).astype(np.uint8))
+    quantized = quantize(det._norm, scale, zp, np.uint8)
+    assert np.abs(quantized.astype(int) - det._qinput.astype(int)).max() <= 1

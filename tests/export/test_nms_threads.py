@@ -140,6 +140,7 @@ def test_metadata_says_which_exports_are_thread_safe():
 
     assert safe(five, "postprocess", "int8") and safe(five, "postprocess", "fp32") and safe(five, "raw", "edgetpu")
     assert not safe(five, "postprocess", "edgetpu")          # Coral: one op over 5 classes
+    assert not safe(five, "postprocess", "int16x8")          # int16x8: one op (the merge does not convert)
     assert safe(cfg, "postprocess", "edgetpu")               # 1 class: no thread count reaches it
     single = dataclasses.replace(five, export=dataclasses.replace(five.export, nms_ops="single"))
     assert not safe(single, "postprocess", "int8") and not safe(single, "postprocess", "fp32")  # export.nms_ops
@@ -155,3 +156,10 @@ def test_export_nms_ops_setting_is_checked():
     assert config_from_dict(config_to_dict(cfg), ["export.nms_ops=single"]).export.nms_ops == "single"
     with pytest.raises(ConfigError, match="export.nms_ops"):
         config_from_dict(config_to_dict(cfg), ["export.nms_ops=triples"])
+
+
+def test_int16x8_exports_one_op(out_dir):
+    """int16x8 keeps one post-process op (its converter cannot calibrate the merge's int32 SUM / MINIMUM);
+    that file converts and finds every class on one thread."""
+    path = lin.export(out_dir, "int16x8", classes_per_op=None)
+    assert _class_counts(_plain_run(path, 1, lin.canvas(0))) == [10] * lin.C
