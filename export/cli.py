@@ -84,6 +84,8 @@ def run_export(args) -> int:
     if args.max_ap_drop is not None and args.mode == "int8":
         args.mode = "int8-budget"   # --mode int8 --max-ap-drop X is the accuracy-budget export
     try:
+        if (args.max_ap_drop is not None or args.max_float is not None) and not MODES[args.mode].budget:
+            raise ExportError(f"--max-ap-drop / --max-float need --mode int8 (or int8-budget), not {args.mode!r}")
         run = open_run(args.run)
         if args.overrides:
             run = _apply_overrides(run, args.overrides)

@@ -116,13 +116,6 @@ def debug_quantization(converter, representative, out_dir, *, keep_float=0) -> t
         return converter.convert(), {"csv": None, "json": None, "kept_float": [], "worst": []}
     out_dir = Path(out_dir)
     debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative)
-    # The debugger's interpreter applies XNNPACK, which fails to prepare the NumericVerify model of a
-    # detector with the post-process op ("failed to create XNNPACK runtime", node of the sigmoid before
-    # it): run that model on the builtin kernels instead (same model, so the same op indices).
-    from tensorflow.lite.python.interpreter import Interpreter, OpResolverType
-
-    debugger._quant_interpreter = Interpreter(  # noqa: SLF001 (no public option for the delegate)
-        model_content=debugger.quant_model, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     debugger.run()
     buf = io.StringIO()
     debugger.layer_statistics_dump(buf)

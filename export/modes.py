@@ -118,8 +118,9 @@ def get_mode(mode) -> ExportMode:
 
 
 def calibrated_names() -> str:
-    """``"int8, int16x8, edgetpu"``: the calibrated modes, for messages."""
-    return ", ".join(m.name for m in MODES.values() if m.calibrated)
+    """``"int8, int16x8, edgetpu"``: the calibrated modes that convert in one go, for messages
+    (``int8-budget`` converts several ``int8`` plans and takes no ``--debug``)."""
+    return ", ".join(m.name for m in MODES.values() if m.calibrated and not m.budget)
 
 
 def mode_help() -> str:

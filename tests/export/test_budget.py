@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-#: A tiny detector that learns something in 60 steps (64 px synthetic shapes, 5 classes, MobileNetV3-Small
+#: A tiny detector that learns something in 60 steps (96 px synthetic shapes, 5 classes, MobileNetV3-Small
 #: minimalistic from scratch, P3-P5 width 16); 8 calibration images.
 TINY_DET_CONFIG = """
 model:
-  image_size: [64, 64]
+  image_size: [96, 96]
   num_classes: 5
   backbone: {name: mobilenetv3small_minimalistic, alpha: 1.0, weights: null}
   neck: {min_level: 3, max_level: 5, width: 16}
@@ -86,6 +86,33 @@ def test_layer_of_a_fused_tensor_name():
     assert layer_of("m/fpn_merge_P4/add") == "fpn_merge_P4" and layer_of("image") == "image"
 
 
+def test_max_ap_drop_needs_an_int8_mode(tmp_path, capsys):
+    from fpn_export.cli import main
+
+    assert main(["export", str(tmp_path / "no_run"), "--mode", "fp16", "--max-ap-drop", "1"]) == 2
+    assert capsys.readouterr().err.strip() == ("keras-fpn export: error: --max-ap-drop / --max-float need "
+                                               "--mode int8 (or int8-budget), not 'fp16'")
+
+
+def test_quantization_entry_is_validated_and_summarized(tmp_path):
+    import edge_tiny_models as T
+    from fpn_edge.errors import EdgeError
+    from fpn_edge.metadata import quantization_summary, validate_meta
+
+    meta = T.meta_for("postprocess")
+    assert quantization_summary(validate_meta(meta)) is None
+    meta["quantization"] = {"full_integer": False, "kept_float": ["m/conv1/Conv2D"], "kept_float_layers": ["conv1"],
+                            "budget": {"max_ap_drop": 1.0, "met": True, "chosen": {"AP": 0.5},
+                                       "reference": {"AP": 0.502}, "split": {"images": 48}}}
+    assert validate_meta(meta) is meta
+    assert quantization_summary(meta) == ("NOT full integer: 1 layers kept float (not for the Edge TPU): conv1; "
+                                          "budget 1.0 % of fp32 AP, met: AP 0.5000 vs 0.5020 on 48 training "
+                                          "images held out")
+    for bad in ({"kept_float": []}, {"full_integer": "no"}, {"full_integer": True, "kept_float": [3]}):
+        with pytest.raises(EdgeError, match=r"q.tflite: metadata 'quantization"):
+            validate_meta(dict(meta, quantization=bad), where="q.tflite")
+
+
 def test_search_ladder_then_bisection():
     from fpn_export.budget import search_plans
 
@@ -104,12 +131,12 @@ def test_search_ladder_then_bisection():
 
 @pytest.fixture(scope="module")
 def tiny_det_run(tmp_path_factory) -> Path:
-    """A detection run trained through the CLI on 80 + 16 synthetic 64 px images (once per module)."""
+    """A detection run trained through the CLI on 80 + 16 synthetic 96 px images (once per module)."""
     from keras_fpn.cli import main
     from keras_fpn.data.synthetic import generate_synthetic_coco
 
     root = tmp_path_factory.mktemp("tiny_det")
-    generate_synthetic_coco(root / "data", num_train=80, num_val=16, image_size=64, seed=3, masks=False,
+    generate_synthetic_coco(root / "data", num_train=80, num_val=16, image_size=96, seed=3, masks=False,
                             style="clean")
     (root / "tiny.yaml").write_text(TINY_DET_CONFIG)
     run = root / "run"
