@@ -10,7 +10,7 @@ import numpy as np
 from fpn_edge.errors import EdgeError
 from fpn_edge.machine import cpu_name, has_int8_dot_product, int8_flags, peak_rss_mb, rss_mb
 
-__all__ = ["benchmark", "latency_stats"]
+__all__ = ["benchmark", "interleaved_latency", "latency_stats"]
 
 
 def latency_stats(ms) -> dict:
@@ -49,32 +49,7 @@ def benchmark(model_path, *, threads: int | None = None, delegate: str | None = 
     """
     if runs < 1 or warmup < 0:
         raise EdgeError(f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})")
-    from fpn_edge.interpreter import load_interpreter
-    from fpn_edge.metadata import read_metadata
-    from fpn_edge.runner import open_runner
-
-    path = Path(model_path)
-    loaded = load_interpreter(path, threads=threads, delegate=delegate)
-    try:
-        meta, anchors = read_metadata(path)
-    except EdgeError:
-        meta, anchors = None, None
-    rng = np.random.default_rng(seed)
-    det = None
-    if meta is not None:
-        det = open_runner(loaded, meta, anchors)  # Detector or Segmenter, by meta['task']
-        img = det.load(image) if image is not None else rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    interp = loaded.interpreter
-    inp = interp.get_input_details()[0]
-    if det is None:
-        dt = np.dtype(inp["dtype"])
-        if np.issubdtype(dt, np.integer):
-            info = np.iinfo(dt)
-            x = rng.integers(info.min, info.max + 1, inp["shape"], dtype=dt)
-        else:
-            x = rng.uniform(-1, 1, inp["shape"]).astype(dt)
-        interp.set_tensor(inp["index"], x)
-
+    subject = _Subject(model_path, threads=threads, delegate=delegate, image=image, seed=seed)
     # preallocated so that the loop itself allocates nothing (flat RSS over long runs)
     invoke_ms, e2e_ms = np.empty(runs), np.empty(runs)
     rss_after_warmup = None
@@ -82,30 +57,18 @@ def benchmark(model_path, *, threads: int | None = None, delegate: str | None = 
     for i in range(total):
         if i == warmup:
             rss_after_warmup = rss_mb()
-        if det is not None:
-            t0 = time.perf_counter()
-            _, info = det.preprocess(img)
-            det.set_input(det._norm)
-            t1 = time.perf_counter()
-            interp.invoke()
-            t2 = time.perf_counter()
-            det.postprocess(info)
-            t3 = time.perf_counter()
-        else:
-            t1 = t0 = time.perf_counter()
-            interp.invoke()
-            t3 = t2 = time.perf_counter()
+        invoke, e2e = subject.run_once()
         if i >= warmup:
-            invoke_ms[i - warmup] = (t2 - t1) * 1e3
-            e2e_ms[i - warmup] = (t3 - t0) * 1e3
+            invoke_ms[i - warmup], e2e_ms[i - warmup] = invoke, e2e
         if progress is not None:
             progress(i + 1, total)
 
     rss_end = rss_mb()  # before the statistics below allocate anything
     latency = {"invoke": latency_stats(invoke_ms)}
-    if det is not None:
+    if subject.runner is not None:
         latency["end_to_end"] = latency_stats(e2e_ms)
     main = latency.get("end_to_end", latency["invoke"])
+    path, loaded, inp, meta = subject.path, subject.loaded, subject.input, subject.meta
     return {
         "model": str(path),
         "model_size_bytes": path.stat().st_size,
@@ -126,3 +89,87 @@ def benchmark(model_path, *, threads: int | None = None, delegate: str | None = 
         "machine": platform.machine(),
         "python": platform.python_version(),
     }
+
+
+def interleaved_latency(model_paths, *, threads: int | None = None, delegate: str | None = "cpu",
+                        runs: int = 50, warmup: int = 5, image=None, seed: int = 0) -> dict:
+    """Time several models round-robin: each round runs every model once, in order.
+
+    A load that comes and goes (another process, thermal throttling) then hits every
+    model alike, where timing them one after the other gives the first ones and the
+    last ones different machines. Same per-run path as :func:`benchmark`.
+
+    Returns:
+        ``{str(path): {"invoke": stats, "end_to_end": stats (with metadata)}}``
+        (``latency_stats`` of the ``runs`` timed rounds).
+    """
+    if runs < 1 or warmup < 0:
+        raise EdgeError(f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})")
+    subjects = [_Subject(p, threads=threads, delegate=delegate, image=image, seed=seed) for p in model_paths]
+    times = np.empty((len(subjects), runs, 2))
+    for i in range(warmup + runs):
+        for k, subject in enumerate(subjects):
+            timed = subject.run_once()
+            if i >= warmup:
+                times[k, i - warmup] = timed
+    out = {}
+    for k, subject in enumerate(subjects):
+        latency = {"invoke": latency_stats(times[k, :, 0])}
+        if subject.runner is not None:
+            latency["end_to_end"] = latency_stats(times[k, :, 1])
+        out[str(subject.path)] = latency
+    return out
+
+
+class _Subject:
+    """One model ready to be timed: its interpreter, its runner (with keras-fpn metadata) and input.
+
+    With metadata a run is the whole path (preprocess the image, ``invoke``, outputs ->
+    detections or the class map); without, ``invoke`` on a random input tensor.
+    """
+
+    def __init__(self, model_path, *, threads, delegate, image, seed):
+        from fpn_edge.interpreter import load_interpreter
+        from fpn_edge.metadata import read_metadata
+        from fpn_edge.runner import open_runner
+
+        self.path = Path(model_path)
+        self.loaded = load_interpreter(self.path, threads=threads, delegate=delegate)
+        try:
+            self.meta, anchors = read_metadata(self.path)
+        except EdgeError:
+            self.meta, anchors = None, None
+        rng = np.random.default_rng(seed)
+        self.interp = self.loaded.interpreter
+        self.input = self.interp.get_input_details()[0]
+        self.runner = None
+        if self.meta is not None:
+            self.runner = open_runner(self.loaded, self.meta, anchors)  # Detector or Segmenter, by meta['task']
+            self.image = (self.runner.load(image) if image is not None
+                          else rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
+        else:
+            dt = np.dtype(self.input["dtype"])
+            if np.issubdtype(dt, np.integer):
+                info = np.iinfo(dt)
+                x = rng.integers(info.min, info.max + 1, self.input["shape"], dtype=dt)
+            else:
+                x = rng.uniform(-1, 1, self.input["shape"]).astype(dt)
+            self.raw_input = x
+
+    def run_once(self) -> tuple:
+        """One run: ``(invoke ms, end-to-end ms)`` (equal without metadata)."""
+        if self.runner is None:  # another interleaved model may have run in between: set the input again
+            self.interp.set_tensor(self.input["index"], self.raw_input)
+            t1 = t0 = time.perf_counter()
+            self.interp.invoke()
+            t3 = t2 = time.perf_counter()
+        else:
+            t0 = time.perf_counter()
+            _, info = self.runner.preprocess(self.image)
+            self.runner.set_input(self.runner._norm)
+            t1 = time.perf_counter()
+            self.interp.invoke()
+            t2 = time.perf_counter()
+            self.runner.postprocess(info)
+            t3 = time.perf_counter()
+        return (t2 - t1) * 1e3, (t3 - t0) * 1e3

@@ -8,10 +8,15 @@ Handles both export signatures, told apart by the metadata's ``output`` key:
     scores ``[1, N]``, count ``[1]``. The interpreter lists these outputs in an
     order of its own, so they are mapped through the op's own output list (or,
     failing that, signature names / tensor names), never by position.
-    The op's kernel loses one class when it runs on 2..C-1 threads (regular
-    NMS split over classes, see ``fpn_export.postprocess_op``), so after the
-    interpreter is built the CPU kernels are set back to one thread
-    (:func:`pin_cpu_kernel_threads`); XNNPACK keeps the threads asked for.
+    The op's kernel loses class T when it runs on T = 2..C-1 threads (regular
+    NMS split over classes, see ``fpn_export.postprocess_op``). Exports since
+    the fix hold one op per 2 classes, which no thread count breaks
+    (:func:`postprocess_thread_safe`, ``Detector.thread_safe``). With more than
+    one thread the CPU kernels are set back to one thread after the interpreter
+    is built (:func:`pin_cpu_kernel_threads`; XNNPACK keeps the threads asked
+    for): required for older files (one op over 3 or more classes), and faster
+    for new ones (each op's thread-pool dispatch costs more than splitting 2
+    classes gains: ``benchmarks/results/nms_threads.md``).
 ``"raw"``
     Outputs ``box_deltas [1, A, 4]`` and ``class_logits [1, A, C]`` (float, or
     int8/uint8 dequantized with the tensors' scale and zero point); decoded and
@@ -36,7 +41,7 @@ from fpn_edge.errors import EdgeError
 from fpn_edge.interpreter import LoadedInterpreter, ops_details
 from fpn_edge.runner import ModelRunner, dequantize
 
-__all__ = ["Detector", "Detection", "pin_cpu_kernel_threads"]
+__all__ = ["Detector", "Detection", "pin_cpu_kernel_threads", "postprocess_thread_safe", "thread_note"]
 
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 PP_KEYS = ("boxes", "classes", "scores", "num_detections")
@@ -79,7 +84,7 @@ def _signature_outputs(interp) -> list:
     return sorted(items, key=lambda it: (_trailing_int(it[0]), it[0]))
 
 
-def pin_cpu_kernel_threads(interp) -> bool:
+def pin_cpu_kernel_threads(interp, *, warn: bool = True) -> bool:
     """Run the builtin/custom CPU kernels of an allocated interpreter on one thread.
 
     ``TFLite_Detection_PostProcess`` (regular NMS) hands classes to a thread
@@ -93,9 +98,11 @@ def pin_cpu_kernel_threads(interp) -> bool:
 
     Returns:
         True when the count was set, False when the interpreter has no way to
-        (then a warning says what to do).
+        (then, with ``warn``, a warning says what to do).
     """
     set_threads = getattr(getattr(interp, "_interpreter", None), "SetNumThreads", None)
+    if set_threads is None and not warn:
+        return False
     if set_threads is None:
         import warnings
 
@@ -105,6 +112,36 @@ def pin_cpu_kernel_threads(interp) -> bool:
         return False
     set_threads(1)
     return True
+
+
+def postprocess_thread_safe(interp) -> bool:
+    """True when no ``TFLite_Detection_PostProcess`` op of an allocated interpreter holds over 2 classes.
+
+    The kernel skips class T on T threads only for 2 <= T <= C-1: an op of 1 or
+    2 classes (its class-score input ``[1, A, C]``; a background column only
+    makes this conservative) is right at every thread count. False when the
+    ops cannot be listed.
+    """
+    ops = ops_details(interp)
+    if ops is None:
+        return False
+    try:
+        classes = [int(interp._get_tensor_details(int(op["inputs"][1]), 0)["shape"][-1])
+                   for op in ops if op.get("op_name") == POSTPROCESS_OP]
+    except Exception:
+        return False
+    return all(c <= 2 for c in classes)
+
+
+def thread_note(meta: dict) -> str:
+    """The ``fpn-edge info`` line on thread counts for a post-process model's metadata."""
+    if meta.get("output") != "postprocess" or meta["nms"].get("thread_safe"):
+        return "threads  any count gives the same detections"
+    c = len(meta["labels"])
+    if c <= 2:
+        return "threads  any count gives the same detections (1 op of <= 2 classes)"
+    return (f"threads  NOT thread-safe (exported before the fix): other runtimes must set 1 thread or "
+            f">= {c} (T = 2..{c - 1} threads lose class T); fpn-edge runs the op on 1 thread; re-export to fix")
 
 
 def _map_postprocess_outputs(interp, outputs: list, where) -> dict:
@@ -181,10 +218,13 @@ class Detector(ModelRunner):
         self.anchors = anchors
         where = str(self.path)
         outputs = self._outputs
+        self.thread_safe = True   # raw models: numpy NMS
         if self.output_kind == "postprocess":
             self._out_map = _map_postprocess_outputs(self._interp, outputs, where)
+            self.thread_safe = postprocess_thread_safe(self._interp)
             if loaded.threads is not None and loaded.threads > 1:
-                pin_cpu_kernel_threads(self._interp)  # the op's kernel must not thread
+                # old single-op files: else class T is lost; new files: faster (see the module docstring)
+                pin_cpu_kernel_threads(self._interp, warn=not self.thread_safe)
         else:
             if anchors is None:
                 raise EdgeError(f"{where}: a raw model needs anchors in its metadata")
@@ -209,7 +249,7 @@ class Detector(ModelRunner):
     def describe_meta(meta: dict) -> list:
         """``fpn-edge info`` lines: the box coder's scale factors and the NMS settings."""
         return [f"box coder scale factors {meta['box_coder']['scale_factors']}",
-                f"nms      {json.dumps(meta['nms'])}"]
+                f"nms      {json.dumps(meta['nms'])}", thread_note(meta)]
 
     def _read_outputs(self) -> dict:
         return {k: dequantize(self._interp.get_tensor(i), self._out_details[i])

@@ -43,6 +43,9 @@ Optional keys:
 
 * ``nms.pre_nms_top_k``: raw models, per-class candidate cap before NMS
   (null = none; default: that of ``fpn_edge.postprocess``).
+* ``nms.thread_safe``: true when the post-process ops give the same detections
+  at every interpreter thread count (exports since the fix; absent in older files,
+  whose single ``TFLite_Detection_PostProcess`` op loses class T on T = 2..C-1 threads).
 * ``output_tensors``: ``{"box_deltas": NAME, "class_logits": NAME}`` for raw
   models whose two outputs cannot be told apart by shape (C == 4).
 * ``num_anchors``: written automatically when anchors are given.

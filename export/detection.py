@@ -4,8 +4,9 @@
 ``fpn_export.qat.graph_to_convert`` (the tf_keras twin, fine-tuned for
 ``qat-int8`` / ``--prune``) and adds what is detector-specific:
 
-* unless ``raw=True``, the graph ends in the ``TFLite_Detection_PostProcess``
-  op (``fpn_export.postprocess_op``) with float32 outputs boxes ``[1, N, 4]``,
+* unless ``raw=True``, the graph ends in ``TFLite_Detection_PostProcess``
+  ops, one per 2 classes, and their merge (``fpn_export.postprocess_op``;
+  ``edgetpu``: one op, see ``_classes_per_op``) with float32 outputs boxes ``[1, N, 4]``,
   classes ``[1, N]``, scores ``[1, N]``, num_detections ``[1]`` (float also in
   full-integer modes); its options are written back after the conversion;
 * a raw export outputs ``box_deltas [1, A, 4]`` and ``class_logits [1, A, C]``
@@ -40,11 +41,23 @@ def detector_metadata(config, labels, *, output: str, mode: str, extra: Optional
         extra: more keys for the ``export`` section (I/O dtype, pruning, ...).
     """
     m = config.model
+    per_op = None if output == "raw" else _classes_per_op(get_mode(mode), config.export)
     return export_metadata(
         config, task="detection", labels=labels, output=output, mode=mode, extra=extra,
         box_coder={"scale_factors": [float(v) for v in m.anchors.box_scale_factors]},
         nms={"score_threshold": float(m.postprocess.score_threshold), "iou_threshold": float(m.postprocess.iou_threshold),
-             "max_detections": int(m.postprocess.max_detections), "max_detections_per_class": int(m.postprocess.max_detections_per_class)})
+             "max_detections": int(m.postprocess.max_detections), "max_detections_per_class": int(m.postprocess.max_detections_per_class),
+             # the same detections at every thread count (fpn_export.postprocess_op); edgetpu: one op
+             "thread_safe": output == "raw" or int(m.num_classes) <= 2 or (per_op is not None and per_op <= 2)})
+
+
+def _classes_per_op(mode, export):
+    """Classes per post-process op: 2 (right at every thread count, needs TFLite >= 2.13 for its
+    BITCAST merge), or one op (None) for the Edge TPU, whose runtime (tflite_runtime 2.5) cannot load
+    BITCAST, and where ``export.nms_ops`` is ``single``."""
+    from fpn_export.postprocess_op import SAFE_CLASSES_PER_OP
+
+    return None if mode.edgetpu or export.nms_ops == "single" else SAFE_CLASSES_PER_OP
 
 
 def _output_names(out, postprocess: bool) -> dict:
@@ -141,7 +154,7 @@ def export_detector(model, config, labels, mode: str, *, out, representative=Non
                                    iou_threshold=mcfg.postprocess.iou_threshold,
                                    max_detections=mcfg.postprocess.max_detections,
                                    max_detections_per_class=mcfg.postprocess.max_detections_per_class,
-                                   use_regular_nms=True, ns=ns)
+                                   use_regular_nms=True, ns=ns, classes_per_op=_classes_per_op(m, config.export))
 
     # 2. Convert (optionally through the quantization debugger).
     debug_dir = out.with_name(out.stem + "_debug") if debug else None

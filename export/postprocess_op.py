@@ -2,10 +2,11 @@
 
 ``attach_postprocess`` appends one small layer to a detector that outputs
 ``box_deltas [1, A, 4]`` and ``class_logits [1, A, C]``. The layer applies a
-sigmoid to the logits and calls a ``tf.function`` whose
-``experimental_implements`` attribute names ``TFLite_Detection_PostProcess``;
-the TFLite converter replaces that function with the custom op (its body, which
-returns zeros of the output shapes, never runs in TFLite). Convert the result
+sigmoid to the logits and calls, per group of at most 2 classes (see below), a
+``tf.function`` whose ``experimental_implements`` attribute names
+``TFLite_Detection_PostProcess``; the TFLite converter replaces each function
+with the custom op (its body, which returns zeros of the output shapes, never
+runs in TFLite). Convert the result
 with ``fpn_export.tflite.convert_keras``: a SavedModel of one batch-1 serving
 ``tf.function`` converted by ``TFLiteConverter.from_saved_model`` with
 ``allow_custom_ops = True``, which keeps the stub as one function call and
@@ -20,8 +21,9 @@ The resulting model has the standard SSD detection signature:
 * num_detections ``[1]`` float32,
 
 with ``N = max_detections``; rows past ``num_detections`` are zeros. The
-interpreter lists the four outputs in an order of its own: map them through the
-op's output list (``fpn_edge.Detector`` does), never by position.
+interpreter lists the four outputs in an order of its own: map them by their
+signature names (``OUTPUT_NAMES``; with 1 or 2 classes the single op's own
+output list works too; ``fpn_edge.Detector`` tries both), never by position.
 
 **Call** :func:`patch_postprocess_options` **on the converted bytes**
 (``fpn_export.detection.export_detector`` does). The TF 2.21 converter writes
@@ -31,21 +33,31 @@ only some of the stub's attributes into the op's custom options: it drops
 class with a cap of 10). The patch rewrites the options from the attributes
 given to :func:`attach_postprocess`.
 
-**Run the op's kernel on one thread.** The LiteRT / TFLite kernel (ai-edge-litert
-2.3, the ``detection_postprocess.cc`` with a thread pool, in TF since ~2.8) splits
-regular NMS over classes between ``num_threads`` workers: worker ``i`` starts at
-class ``i`` and then takes ``++next_col`` with ``next_col`` starting at
-``num_threads``, so class ``num_threads`` is never processed. With
-``2 <= num_threads < num_classes`` the op silently returns no detection of that
-one class (measured on the 5-class demo model: ``num_threads=2`` loses class 2,
-3 loses class 3, 4 loses class 4; 1, 5 and 6 are correct; same with XNNPACK off
-and with the reference kernels). The interpreter's ``num_threads`` sets both
-XNNPACK's thread pool and this kernel's, so ``fpn_edge.Detector`` sets the CPU
-kernels' thread count back to 1 after XNNPACK has been created with the asked
-number (XNNPACK keeps its workers; only the ops XNNPACK did not take, the op
-among them, run on one thread). Other runtimes must run the model with
-``num_threads`` 1 (the Python default) or >= the number of classes, or export
-``--raw``.
+**One op per two classes: right at every thread count.** The LiteRT / TFLite
+kernel (``detection_postprocess.cc``, threaded since TF ~2.8; ai-edge-litert 2.3)
+runs regular NMS on ``T`` = the interpreter's ``num_threads`` workers: worker
+``i`` runs class ``i``, then each worker takes ``col = ++next_col`` with the
+shared counter ``next_col`` starting at ``T``. The pre-increment hands out
+``T + 1`` first, so class ``T`` is never run: with ``2 <= T <= C - 1`` the op
+returns no detection of class ``T`` (and only it; with ``T >= C`` every class
+has its own worker, with ``T = 1`` a plain loop runs them all). Only classes 0
+and 1 are safe for every ``T``, so no class layout of one op helps (padding
+dummy classes would leave two real classes). The export therefore splits the
+classes into ops of at most 2 (``SAFE_CLASSES_PER_OP``, :func:`class_groups`),
+each with ``detections_per_class`` and ``min(max_detections, 2 *
+detections_per_class)`` rows, and merges their outputs in the graph: class ids
+shifted by the group's first class, one ``TOPK_V2`` over the concatenated
+scores (equal scores: lower row first = lower class first, the kernel's own
+order), ``GATHER`` of boxes and classes, count ``min(sum, max_detections)``,
+zero rows past it. The result equals the single op on one thread bit for bit
+(values and order), at every thread count. The merge runs on int32 (``BITCAST``
+of the float bits; scores are >= 0, so their bits sort as the floats do):
+a full-integer converter quantizes float tensors it has ranges for, and would
+otherwise turn boxes and scores after the ops into int8. Cost: each op decodes
+every anchor again (``ceil(C / 2)`` decodes instead of 1), measured in
+``benchmarks/results/nms_threads.md``. ``classes_per_op=None`` builds the old
+single op (files exported before the fix have it; ``fpn_edge.Detector`` runs
+those with the CPU kernels on one thread). ``BITCAST`` needs TFLite >= 2.13.
 
 What the op computes (TFLite kernel ``detection_postprocess.cc``) and how it
 differs from keras_fpn's decode + per-class NMS
@@ -85,6 +97,8 @@ differs from keras_fpn's decode + per-class NMS
   converter puts DEQUANTIZE ops in front of it.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -156,6 +170,40 @@ def implements_signature(**kwargs) -> str:
     return " ".join(parts)
 
 
+#: the most classes one op may hold and stay right at every thread count (see the module docstring)
+SAFE_CLASSES_PER_OP = 2
+
+
+def class_groups(num_classes: int, classes_per_op=SAFE_CLASSES_PER_OP) -> list:
+    """``[(first class, count)]``: the classes split over ops of at most ``classes_per_op`` (None: one op)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    step = num_classes if classes_per_op is None else int(classes_per_op)
+    if step < 1:
+        raise ValueError(f"classes_per_op must be >= 1 or None, got {classes_per_op}")
+    return [(start, min(step, num_classes - start)) for start in range(0, num_classes, step)]
+
+
+def _group_rows(size: int, attributes: dict) -> int:
+    """Output rows of one op of ``size`` classes: no more than its classes can fill."""
+    n = int(attributes["max_detections"])
+    return n if size == attributes["num_classes"] else min(n, size * int(attributes["max_detections_per_class"]))
+
+
+def _op_stub(tf, attributes: dict, rows: int):
+    """A ``tf.function`` the converter replaces by one op with ``attributes`` and ``rows`` output rows."""
+    signature = implements_signature(**{**attributes, "max_detections": rows})
+
+    @tf.function(experimental_implements=signature)
+    def _postprocess(box_encodings, class_predictions, anchors):
+        # Placeholder body with the op's output shapes; the converter swaps in the op.
+        del box_encodings, class_predictions, anchors
+        return (tf.zeros([1, rows, 4], tf.float32), tf.zeros([1, rows], tf.float32),
+                tf.zeros([1, rows], tf.float32), tf.zeros([1], tf.float32))
+
+    return _postprocess
+
+
 _LAYER_CLASSES = {}
 
 
@@ -174,23 +222,41 @@ def _layer_class(ns):
             self.anchors_cs = np.asarray(anchors_cs, dtype=np.float32)
             self.attributes = dict(attributes)
             self.max_detections = int(attributes["max_detections"])
-            signature = implements_signature(**{k: attributes[k] for k in _ATTR_ARGS})
-            n = self.max_detections
-
-            @tf.function(experimental_implements=signature)
-            def _postprocess(box_encodings, class_predictions, anchors):
-                # Placeholder body with the op's output shapes; the converter swaps in the op.
-                del box_encodings, class_predictions, anchors
-                return (tf.zeros([1, n, 4], tf.float32), tf.zeros([1, n], tf.float32),
-                        tf.zeros([1, n], tf.float32), tf.zeros([1], tf.float32))
-
-            self._postprocess = _postprocess
+            # fast NMS is class-agnostic (and not threaded): it stays one op over every class
+            per_op = attributes.get("classes_per_op", SAFE_CLASSES_PER_OP) if attributes["use_regular_nms"] else None
+            self.groups = class_groups(int(attributes["num_classes"]), per_op)
+            self._ops = [_op_stub(tf, {**{k: attributes[k] for k in _ATTR_ARGS}, "num_classes": size},
+                                  _group_rows(size, attributes))
+                         for _, size in self.groups]
 
         def call(self, inputs):
             box_deltas, class_logits = inputs
             scores = tf.sigmoid(class_logits)
             anchors = tf.constant(self.anchors_cs)
-            return list(self._postprocess(box_deltas, scores, anchors))
+            if len(self.groups) == 1:
+                return list(self._ops[0](box_deltas, scores, anchors))
+            # The merge runs on int32 (float bits): a full-integer converter quantizes float
+            # tensors, not int32 ones. Scores are >= 0, so their bits sort as the floats do.
+            bits = functools.partial(tf.bitcast, type=tf.int32)
+            parts = []
+            for (start, size), op in zip(self.groups, self._ops):
+                boxes, classes, part_scores, count = op(box_deltas, scores[:, :, start:start + size], anchors)
+                parts.append((bits(boxes), tf.cast(classes, tf.int32) + start, bits(part_scores),
+                              tf.cast(count, tf.int32)))   # the op's class ids are 0..size-1
+            boxes, classes, all_scores, counts = (tf.concat(list(t), axis=-1 if i else 1)
+                                                  for i, t in enumerate(zip(*parts)))
+            short = self.max_detections - int(all_scores.shape[1])
+            if short > 0:   # the ops' rows (<= detections_per_class each) cannot fill N: zero rows
+                boxes = tf.pad(boxes, [[0, 0], [0, short], [0, 0]])
+                classes, all_scores = (tf.pad(t, [[0, 0], [0, short]]) for t in (classes, all_scores))
+            # top_k: decreasing score, equal scores -> lower row = lower class (the kernel's order)
+            top, rows = tf.math.top_k(all_scores, k=self.max_detections, sorted=True)
+            total = tf.minimum(tf.reduce_sum(counts, keepdims=True), self.max_detections)
+            filled = tf.cast(tf.range(self.max_detections) < total, tf.int32)
+            as_float = functools.partial(tf.bitcast, type=tf.float32)
+            return [as_float(tf.gather(boxes, rows, batch_dims=1)),
+                    tf.cast(tf.gather(classes, rows, batch_dims=1) * filled, tf.float32),
+                    as_float(top), tf.cast(total, tf.float32)]
 
         def compute_output_shape(self, input_shape):
             n = self.max_detections
@@ -223,7 +289,7 @@ def _split_outputs(model):
 
 def attach_postprocess(model, anchors, *, num_classes: int, scale_factors, score_threshold: float,
                        iou_threshold: float, max_detections: int, max_detections_per_class: int,
-                       use_regular_nms: bool = True, ns=None):
+                       use_regular_nms: bool = True, classes_per_op=SAFE_CLASSES_PER_OP, ns=None):
     """Return a new model: ``model``'s inputs -> boxes, classes, scores, num_detections.
 
     Args:
@@ -243,6 +309,9 @@ def attach_postprocess(model, anchors, *, num_classes: int, scale_factors, score
         max_detections_per_class: per-class NMS cap (``detections_per_class``).
         use_regular_nms: True = per-class NMS (matches keras_fpn); False = fast
             class-agnostic NMS (see the module docstring).
+        classes_per_op: the most classes one op holds (default 2: right at every
+            thread count); None = all classes in one op, the layout of exports
+            before the fix (loses class T on T = 2..C-1 threads).
         ns: the Keras namespace the model was built with (``keras`` default, or
             ``tf_keras`` for QAT models).
 
@@ -273,7 +342,9 @@ def attach_postprocess(model, anchors, *, num_classes: int, scale_factors, score
                       score_threshold=float(score_threshold), iou_threshold=float(iou_threshold),
                       max_detections=int(max_detections),
                       max_detections_per_class=int(max_detections_per_class),
-                      use_regular_nms=bool(use_regular_nms))
+                      use_regular_nms=bool(use_regular_nms),
+                      classes_per_op=None if classes_per_op is None else int(classes_per_op))
+    class_groups(int(num_classes), classes_per_op)   # validates classes_per_op
     layer = _layer_class(ns)(anchors_cs, attributes, name=LAYER_NAME)
     outputs = layer([box_deltas, class_logits])
     return ns.Model(model.inputs, outputs, name=f"{model.name}_postprocess")
@@ -338,6 +409,9 @@ def patch_postprocess_options(tflite_model: bytes, model=None, **options) -> byt
             if op_name(fb, op) == OP_NAME:
                 current = flexbuffers.Loads(bytes(bytearray(op.customOptions)))
                 current.update(wanted)
+                # one op per class group: its class count and rows are its tensors' shapes
+                current["num_classes"] = int(sg.tensors[op.inputs[1]].shape[-1])
+                current["max_detections"] = int(sg.tensors[op.outputs[0]].shape[1])
                 op.customOptions = np.frombuffer(_flexbuffer_map(current), dtype=np.uint8)
                 patched += 1
     if not patched:

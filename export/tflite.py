@@ -275,16 +275,22 @@ def _check_full_integer(data: bytes, mode: str, model, names) -> None:
     With ``TFLITE_BUILTINS_INT8`` the TF 2.21 converter does not fail on an op
     without an int8 kernel: it wraps it in DEQUANTIZE/QUANTIZE and leaves it
     float (seen with SIN). The only float ops allowed are the I/O
-    QUANTIZE/DEQUANTIZE and the post-process op (``fpn_export.postprocess_op``)
-    with the sigmoid in front of it.
+    QUANTIZE/DEQUANTIZE, the post-process ops (``fpn_export.postprocess_op``)
+    with the sigmoid in front of them, and the merge's float model outputs.
     """
     from fpn_export.flatbuffer import read_graph
     from fpn_export.postprocess_op import LAYER_NAME, OP_NAME
 
-    for op in read_graph(data).ops:
+    graph = read_graph(data)
+    after_postprocess = False
+    outputs = {t.index for t in graph.outputs}
+    for op in graph.ops:
+        after_postprocess = after_postprocess or op.name == OP_NAME
         if op.name in ("QUANTIZE", "DEQUANTIZE", OP_NAME):
             continue
         bad = [t for t in op.outputs if t.dtype in ("FLOAT32", "FLOAT16")]
+        if after_postprocess and all(t.index in outputs for t in bad):
+            continue   # the float outputs of the post-process ops' merge (fpn_export.postprocess_op)
         if not bad:
             continue
         if op.name == "LOGISTIC" and all(LAYER_NAME in t.name for t in bad):

@@ -9,7 +9,7 @@ layout serve every task; the task's ``TaskReport`` (``Task.report``:
 is measured and how it is shown.
 
 Writes ``report.json`` (stable keys: the task report's ``keys`` per variant; top level ``run``, ``task``,
-``metric``, ``dataset``, ``cpu``, ``threads``, ``variants``, ``rules``),
+``metric``, ``dataset``, ``cpu``, ``threads``, ``latency_method``, ``variants``, ``rules``),
 ``report.md`` and the plots of ``plots.py`` into the output folder.
 """
 from __future__ import annotations
@@ -81,6 +81,7 @@ class TaskReport:
         changes_note: what the changes column counts (markdown; ``{rules}`` keys may be used).
         rules: the constants the numbers depend on (``report.json``'s ``rules``).
         side_by_side: what the side-by-side plot shows.
+        sections: ``report -> markdown lines`` of the task's own tables after the per-class ones.
     """
 
     task: str
@@ -102,6 +103,7 @@ class TaskReport:
     changes_note: str
     rules: dict
     side_by_side: str
+    sections: Callable = lambda report: []
 
 
 # --------------------------------------------------------------------------- the flow
@@ -117,7 +119,7 @@ def _row(task: TaskReport, variant: str, file, metrics: dict, reference: dict, l
          changes) -> dict:
     row = {"variant": variant, "file": str(file) if file else None,
            "size_bytes": os.path.getsize(file) if file else None,
-           **{k: metrics[k] for k in task.metrics},
+           **{k: metrics.get(k) for k in task.metrics},
            **{f"{k}_ratio": _ratio(metrics[k], reference[k]) for k in task.ratios},
            "per_class": metrics["per_class"],
            "latency_ms_p50": latency["p50"], "latency_ms_p90": latency["p90"], "threads": threads,
@@ -204,22 +206,24 @@ def _budget_args(modes, paths, up_to_date, max_ap_drop) -> dict:
 def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, bench_runs, steps, budget_args,
              log):
     """The report's rows (float model first) and each variant's raw results, exporting as needed
-    (``paths``: mode -> .tflite path, in report order)."""
-    from fpn_edge.bench import benchmark
+    (``paths``: mode -> .tflite path, in report order).
+
+    Accuracy is measured as each variant is ready (a background export may still run);
+    latency only after every export finished, all variants round-robin
+    (``fpn_edge.bench.interleaved_latency``), so that no variant is timed while an export
+    or another variant's evaluation shares the cores, and a load that comes and goes
+    hits all alike."""
+    from fpn_edge.bench import interleaved_latency
     from fpn_edge.machine import cpu_name
     from fpn_export.convert import export_model
-
 
     checkpoint = run.weights("best")
     log(f"[1/{steps}] float Keras model on {len(dataset)} images")
     model = run.build_model(which="best", batch_size=1)
     float_metrics, float_results = task.evaluate_keras(model, dataset, cfg)
-    rows = [_row(task, "float (Keras)", checkpoint, float_metrics, float_metrics,
-                 keras_latency_ms(model, cfg.model.image_size, runs=min(bench_runs, 20), traced=True),
-                 None, None)]
     results = {"float (Keras)": float_results}
-    by_mode = {}
-    # the background export's mode last: the others are measured while it runs
+    measured = {}
+    # the background export's mode last: the others are evaluated while it runs
     modes = list(paths)
     for mode in sorted(modes, key=lambda m: pending is not None and m == pending.mode):
         step = f"[{modes.index(mode) + 2}/{steps}]"
@@ -232,17 +236,34 @@ def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, be
             path = export_model(run.path, mode, **budget_args.get(mode, {}))
         log(f"{step} {mode}: {path.name} through fpn_edge ({threads} threads)")
         metrics, res, changes = task.evaluate_tflite(path, dataset, cfg, threads, float_results)
-        bench = benchmark(path, threads=threads, runs=bench_runs, warmup=5,
-                          image=dataset.records[0].image_path)
-        latency = bench["latency_ms"].get("end_to_end", bench["latency_ms"]["invoke"])
-        by_mode[mode] = _row(task, mode, path, metrics, float_metrics, latency, threads, changes)
+        measured[mode] = (path, metrics, changes)
         results[mode] = res
-    rows += [by_mode[m] for m in modes]
+    load_before = _load_average()
+    log(f"latency: {len(modes)} variants round-robin, {bench_runs} runs each ({threads} threads)")
+    timing = interleaved_latency([measured[m][0] for m in modes], threads=threads, runs=bench_runs, warmup=5,
+                                 image=dataset.records[0].image_path)
+    keras_latency = keras_latency_ms(model, cfg.model.image_size, runs=min(bench_runs, 20), traced=True)
+    rows = [_row(task, "float (Keras)", checkpoint, float_metrics, float_metrics, keras_latency, None, None)]
+    for mode in modes:
+        path, metrics, changes = measured[mode]
+        latency = timing[str(path)]
+        rows.append(_row(task, mode, path, metrics, float_metrics, latency.get("end_to_end", latency["invoke"]),
+                         threads, changes))
     report = {"run": str(run.path), "task": task.task, "metric": task.metric,
               "dataset": {"source": str(dataset.source), "images": len(dataset)},
-              "cpu": cpu_name(), "threads": threads, "variants": rows,
-              "rules": dict(task.rules)}
+              "cpu": cpu_name(), "threads": threads,
+              "latency_method": {"order": "round-robin after every export", "runs": bench_runs, "warmup": 5,
+                                 "load_average_1min": [load_before, _load_average()]},
+              "variants": rows, "rules": dict(task.rules)}
     return report, results
+
+
+def _load_average():
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------- markdown
@@ -301,10 +322,15 @@ def format_report(report: dict) -> str:
     files = plot_files(task)
     images = " ".join(f"![{title}]({file})" for title, file in files[:-1])
     rules = report.get("rules", task.rules)
+    timing = report.get("latency_method")
+    how = (f" Latency was timed after every export had finished, the variants round-robin ({timing['runs']} "
+           f"rounds after {timing['warmup']} untimed), so that a changing load hits all alike; 1-minute load "
+           f"average {fmt(timing['load_average_1min'][0], '.2f')} before and "
+           f"{fmt(timing['load_average_1min'][1], '.2f')} after.") if timing else ""
     before = (f"Validation set: {report['dataset']['source']} ({report['dataset']['images']} images). "
               f"CPU: {report['cpu']}. TFLite variants run through fpn_edge (XNNPACK, {report['threads']} threads); "
               f"latency is end to end per image (preprocess + invoke + {task.postprocess}); the float Keras "
-              "row times the model alone (tf.function, TensorFlow). " + task.method.format(**rules))
+              "row times the model alone (tf.function, TensorFlow)." + how + " " + task.method.format(**rules))
     after = task.changes_note.format(**rules)
     return "\n".join([
         f"# Quantization report: {report['run']}", "",
@@ -312,6 +338,7 @@ def format_report(report: dict) -> str:
         headline_table(report), "",
         after, "",
         *per_class,
+        *task.sections(report),
         "## Plots", "",
         images, "",
         f"![{files[-1][0]}]({files[-1][1]})", ""])

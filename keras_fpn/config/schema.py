@@ -329,8 +329,13 @@ class ExportConfig:
     qat_steps: int = 300
     qat_learning_rate: float = 1e-5      # Adam; 1e-4 cost 4.4 % AP on the converged raccoon model (DESIGN.md)
     qat_batch_size: int = 8
+    # the exported NMS: "pairs" = one TFLite_Detection_PostProcess op per 2 classes + an in-graph merge: the same
+    # detections at every thread count in every runtime; "single" = one op: faster with many classes (80 classes:
+    # 12 vs 44 ms at 1 thread), right only at 1 or >= C threads outside fpn-edge (the kernel skips class T)
+    nms_ops: str = "pairs"
 
     def __post_init__(self):
+        _one_of("export.nms_ops", self.nms_ops, ("pairs", "single"))
         _integer("export.representative_images", self.representative_images, 1)
         _one_of("export.int8_io", self.int8_io, ("uint8", "int8", "float32"))
         _integer("export.qat_steps", self.qat_steps, 1)

@@ -108,7 +108,7 @@ def test_metadata_describes_the_model(exported):
     assert meta["input"] == {"height": 128, "width": 128, "normalization": H.NORM}
     assert meta["box_coder"] == {"scale_factors": [10.0, 10.0, 5.0, 5.0]}
     assert meta["nms"] == {"score_threshold": 0.05, "iou_threshold": 0.5, "max_detections": 20,
-                           "max_detections_per_class": 20}
+                           "max_detections_per_class": 20, "thread_safe": True}
     assert meta["config"]["model"]["neck"]["width"] == 32 and meta["config"]["model"]["num_classes"] == 1
     assert meta["export"]["io_dtype"] == "uint8" and meta["export"]["via"] == "tf_keras"
     np.testing.assert_array_equal(anchors, model_anchors(cfg.model))

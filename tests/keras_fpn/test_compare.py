@@ -23,20 +23,63 @@ def test_detection_changes_by_hand():
            _det(1, 400, 0, 40, 40, 1, 0.5),
            _det(2, 300, 300, 20, 20, 3, 0.6),    # new (no float counterpart)
            _det(3, 0, 0, 10, 10, 1, 0.2)]        # not confident: ignored
-    assert detection_changes(ref, var) == {"reference": 4, "lost": 1, "changed_class": 1, "moved": 1, "new": 1}
-    assert detection_changes(ref, ref) == {"reference": 4, "lost": 0, "changed_class": 0, "moved": 0, "new": 0}
-    assert detection_changes(ref, [])["lost"] == 4
+    totals = ("reference", "lost", "changed_class", "moved", "new")
+    ch = detection_changes(ref, var, {1: "cat", 2: "dog", 3: "cow"})
+    assert {k: ch[k] for k in totals} == {"reference": 4, "lost": 1, "changed_class": 1, "moved": 1, "new": 1}
+    # kept with the same class: the exact box (IoU 1) and the moved one (2250 / 2750)
+    assert ch["matched_iou"] == pytest.approx((1.0 + 2250 / 2750) / 2)
+    # per class by the float box's class (new: the variant's class); 'cow' lost its box, gained a new one
+    assert ch["per_class"] == {"cat": {"reference": 2, "lost": 0, "changed_class": 0, "moved": 1, "new": 0},
+                               "cow": {"reference": 1, "lost": 1, "changed_class": 0, "moved": 0, "new": 1},
+                               "dog": {"reference": 1, "lost": 0, "changed_class": 1, "moved": 0, "new": 0}}
+    # per COCO size by area: 100x100 large, 50x50 medium (2500 >= 32^2), 40x40 medium, 20x20 small
+    assert ch["per_size"] == {"small": {"reference": 1, "lost": 1, "changed_class": 0, "moved": 0, "new": 1},
+                              "medium": {"reference": 2, "lost": 0, "changed_class": 1, "moved": 1, "new": 0},
+                              "large": {"reference": 1, "lost": 0, "changed_class": 0, "moved": 0, "new": 0}}
+    same = detection_changes(ref, ref)
+    assert {k: same[k] for k in totals} == {"reference": 4, "lost": 0, "changed_class": 0, "moved": 0, "new": 0}
+    assert same["matched_iou"] == 1.0 and set(same["per_class"]) == {"1", "2", "3"}   # no names: the ids
+    gone = detection_changes(ref, [])
+    assert gone["lost"] == 4 and gone["matched_iou"] is None
     # two classes on one box: the same-class detection is found even when listed second
     ref2 = [_det(5, 0, 0, 10, 10, 1, 0.9), _det(5, 0, 0, 10, 10, 2, 0.8)]
     assert detection_changes(ref2, list(reversed(ref2)))["changed_class"] == 0
 
 
 def test_headline_table_rows():
-    row = {"variant": "int8", "AP": 0.5, "AP50": 0.9, "AP_small": 0.2, "AP_medium": 0.5, "AP_large": 0.7,
-           "AP_ratio": 0.98, "latency_ms_p50": 3.21, "latency_ms_p90": 4.0, "threads": 2, "size_bytes": 2_500_000,
+    row = {"variant": "int8", "AP": 0.5, "AP50": 0.9, "AP75": 0.45, "AP_small": 0.2, "AP_medium": 0.5,
+           "AP_large": 0.7, "AP_ratio": 0.98, "AP50_ratio": 0.995, "AP75_ratio": 0.9, "matched_iou": 0.9613,
+           "latency_ms_p50": 3.21, "latency_ms_p90": 4.0, "threads": 2, "size_bytes": 2_500_000,
            "changes": {"reference": 10, "lost": 1, "changed_class": 0, "moved": 2, "new": 0}}
     table = headline_table({"task": "detection", "variants": [row]})
-    assert "| int8 | 0.500 | 0.900 | 0.200 | 0.500 | 0.700 | 98.0 % | 3.2 / 4.0 | 2.50 | 1 / 0 / 2 / 0 of 10 |" in table
+    assert table.splitlines()[0] == ("| variant | AP | AP50 | AP75 | AP_small | AP_medium | AP_large | AP vs float | "
+                                     "AP50 vs float | AP75 vs float | matched IoU | latency p50 / p90 (ms) | "
+                                     "size (MB) | lost / class / moved / new |")
+    assert ("| int8 | 0.500 | 0.900 | 0.450 | 0.200 | 0.500 | 0.700 | 98.0 % | 99.5 % | 90.0 % | 0.961 | 3.2 / 4.0 "
+            "| 2.50 | 1 / 0 / 2 / 0 of 10 |") in table
+
+
+def test_changes_sections_per_class_and_size():
+    from keras_fpn.compare.detection import changes_sections
+
+    ref = [_det(1, 0, 0, 100, 100, 1, 0.9), _det(2, 10, 10, 20, 20, 2, 0.6)]
+    ch = detection_changes(ref, ref[:1], {1: "cat", 2: "dog"})
+    lines = changes_sections({"variants": [{"variant": "float (Keras)", "changes": None},
+                                           {"variant": "int8", "changes": ch}]})
+    assert "| cat | 0 / 0 / 0 / 0 of 1 |" in lines and "| dog | 1 / 0 / 0 / 0 of 1 |" in lines
+    assert "| small | 1 / 0 / 0 / 0 of 1 |" in lines and "| medium | 0 / 0 / 0 / 0 of 0 |" in lines
+    assert lines.count("|---|---|") == 2
+
+
+def test_interleaved_latency_times_every_model_round_robin(tiny_seg_exports):
+    from fpn_edge.bench import interleaved_latency
+
+    paths = [tiny_seg_exports[m] for m in ("fp32", "int8")]
+    out = interleaved_latency(paths, threads=1, runs=4, warmup=1)
+    assert list(out) == [str(p) for p in paths]
+    for latency in out.values():
+        assert set(latency) == {"invoke", "end_to_end"}
+        assert 0 < latency["invoke"]["min"] <= latency["invoke"]["p50"] <= latency["end_to_end"]["p50"]
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -76,6 +119,9 @@ def test_seg_report_keys_and_files(seg_report, tiny_seg_exports):
     md = (out / "report.md").read_text()
     assert "| variant | mIoU | boundary F | pixel acc. | mIoU vs float | BF vs float |" in md
     assert "## Per-class IoU" in md and "## Per-class boundary F" in md and "(BF, 2 px tolerance)" in md
+    timing = report["latency_method"]
+    assert timing["order"] == "round-robin after every export" and (timing["runs"], timing["warmup"]) == (3, 5)
+    assert len(timing["load_average_1min"]) == 2 and "the variants round-robin (3 rounds after 5 untimed)" in md
 
 
 def test_seg_report_numbers(seg_report, tiny_seg_run):
