@@ -6,7 +6,8 @@
 
 For every ``NAME=RUN:BUDGET[,BUDGET...]``: ``keras-fpn compare`` of the run with the variants
 fp32, int8 and int8-budget (one compare per budget, the fp32 / int8 files reused; every export
-finished before any timing: no background export), on the run's reported validation set; then the
+finished before any timing: no background export; the variants timed round-robin by compare), on the
+run's reported validation set; then the
 search log of the int8-budget model (``<stem>_budget.json``: every plan tried on the
 calibration-validation split of the training data, the layers kept float). Latency is end to end
 through fpn_edge (2 threads, 50 runs, one validation image), on this machine under the load
@@ -42,7 +43,8 @@ def measure(name: str, run: Path, budget: float, threads: int = 2, runs: int = 5
     log_path = run / "model_int8-budget_budget.json"
     log = json.loads(log_path.read_text())
     shutil.copy(log_path, out / log_path.name)   # the next budget's export replaces it
-    keep = ("variant", "AP", "AP50", "AP75", "AP_ratio", "latency_ms_p50", "latency_ms_p90", "size_bytes")
+    keep = ("variant", "AP", "AP50", "AP75", "AP_ratio", "AP75_ratio", "matched_iou", "latency_ms_p50",
+            "latency_ms_p90", "size_bytes")
     return {"name": name, "run": str(run), "max_ap_drop": budget, "seconds": round(time.time() - t0, 1),
             "load_avg": os.getloadavg(), "dataset": report["dataset"], "cpu": report["cpu"],
             "variants": [{k: r.get(k) for k in keep} for r in report["variants"]],
@@ -58,13 +60,15 @@ def to_markdown(results: list, machine: str) -> str:
         lines += [f"## {r['name']}: budget {r['max_ap_drop']:g} % ({r['run']})", "",
                   f"Validation set: {r['dataset']['source']} ({r['dataset']['images']} images); "
                   f"load average {', '.join(f'{v:.1f}' for v in r['load_avg'])}; {r['seconds']:.0f} s.", "",
-                  "| variant | AP | AP50 | AP75 | AP vs float | latency p50 / p90 (ms) | size (MB) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| variant | AP | AP50 | AP75 | AP vs float | AP75 vs float | matched IoU | latency p50 / p90 (ms) "
+                  "| size (MB) |", "|---|---|---|---|---|---|---|---|---|"]
+        pct = lambda v: "–" if v is None else f"{100 * v:.1f} %"  # noqa: E731
         for v in r["variants"]:
-            ratio = "–" if v["AP_ratio"] is None else f"{100 * v['AP_ratio']:.1f} %"
             size = "–" if not v["size_bytes"] else f"{v['size_bytes'] / 1e6:.2f}"
-            lines.append(f"| {v['variant']} | {v['AP']:.3f} | {v['AP50']:.3f} | {v['AP75']:.3f} | {ratio} | "
-                         f"{v['latency_ms_p50']:.1f} / {v['latency_ms_p90']:.1f} | {size} |")
+            iou = "–" if v.get("matched_iou") is None else f"{v['matched_iou']:.3f}"
+            lines.append(f"| {v['variant']} | {v['AP']:.3f} | {v['AP50']:.3f} | {v['AP75']:.3f} | {pct(v['AP_ratio'])} | "
+                         f"{pct(v.get('AP75_ratio'))} | {iou} | {v['latency_ms_p50']:.1f} / {v['latency_ms_p90']:.1f} | "
+                         f"{size} |")
         sp = r["split"]
         lines += ["", f"Search on the calibration-validation split ({sp['images']} training images, seed "
                       f"{sp['seed']}; calibration: {sp['calibration_images']} of the other {sp['calibration_pool']}); "
