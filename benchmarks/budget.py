@@ -2,7 +2,8 @@
 
     export KERAS_FPN_DATA=/work/shared/data
     python -m benchmarks.budget raccoon=/runs/raccoon:1.0 demo=/runs/demo/run:1.0,0.1 \
-        --json benchmarks/results/budget.json --md benchmarks/results/budget.md
+        --json benchmarks/results/budget.json --md benchmarks/results/budget.md [--note TEXT]
+    python -m benchmarks.budget --render --json ... --md ... --note TEXT   # the markdown again
 
 For every ``NAME=RUN:BUDGET[,BUDGET...]``: ``keras-fpn compare`` of the run with the variants
 fp32, int8 and int8-budget (one compare per budget, the fp32 / int8 files reused; every export
@@ -53,8 +54,9 @@ def measure(name: str, run: Path, budget: float, threads: int = 2, runs: int = 5
             "split": {k: v for k, v in log["split"].items() if k != "files"}}
 
 
-def to_markdown(results: list, machine: str) -> str:
+def to_markdown(results: list, machine: str, note: str = "") -> str:
     lines = ["# Accuracy-budget int8 export (`--mode int8 --max-ap-drop PCT`)", "", f"Machine: {machine}", ""]
+    lines += [note, ""] if note else []
     for r in results:
         s = r["search"]
         lines += [f"## {r['name']}: budget {r['max_ap_drop']:g} % ({r['run']})", "",
@@ -76,6 +78,9 @@ def to_markdown(results: list, machine: str) -> str:
                   "| plan | AP | AP50 | AP75 | drop (% of fp32) | meets | latency p50 (ms) | size (MB) |",
                   "|---|---|---|---|---|---|---|---|"]
         for p in s["plans"]:
+            if "error" in p:
+                lines.append(f"| {p['plan']} | {p['error']} | | | | no | | |")
+                continue
             lines.append(f"| {p['plan']} | {p['AP']:.4f} | {p['AP50']:.4f} | {p['AP75']:.4f} | "
                          f"{p['AP_drop_pct']:.2f} | {'yes' if p['meets'] else 'no'} | {p['latency_ms_p50']:.1f} | "
                          f"{p['size_bytes'] / 1e6:.2f} |")
@@ -89,10 +94,16 @@ def main(argv=None) -> int:
     from fpn_edge.atomic import write_text_atomic
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=_parse, metavar="NAME=RUN:BUDGET[,BUDGET...]")
+    ap.add_argument("runs", nargs="*", type=_parse, metavar="NAME=RUN:BUDGET[,BUDGET...]")
     ap.add_argument("--json", required=True)
     ap.add_argument("--md", required=True)
+    ap.add_argument("--note", default="", help="a paragraph for the markdown (where the runs come from)")
+    ap.add_argument("--render", action="store_true", help="only write --md from the results in --json")
     args = ap.parse_args(argv)
+    if args.render:
+        data = json.loads(Path(args.json).read_text())
+        write_text_atomic(args.md, to_markdown(data["results"], machine_line(data["machine"]), args.note))
+        return 0
     machine = machine_info()
     results = []
     for name, run, budgets in args.runs:
@@ -100,7 +111,7 @@ def main(argv=None) -> int:
             results.append(measure(name, run, budget))
             print(f"{name} @ {budget:g} %: {results[-1]['search']['verdict']}", flush=True)
             write_text_atomic(args.json, json.dumps({"machine": machine, "results": results}, indent=2))
-    write_text_atomic(args.md, to_markdown(results, machine_line(machine)))
+    write_text_atomic(args.md, to_markdown(results, machine_line(machine), args.note))
     return 0
 
 
