@@ -54,7 +54,30 @@ def measure(name: str, run: Path, budget: float, threads: int = 2, runs: int = 5
             "split": {k: v for k, v in log["split"].items() if k != "files"}}
 
 
-def to_markdown(results: list, machine: str, note: str = "") -> str:
+def _plans_table(plans: list) -> list:
+    lines = ["| plan | AP | AP50 | AP75 | drop (% of fp32) | meets | latency p50 (ms) | size (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in plans:
+        if "error" in p:
+            lines.append(f"| {p['plan']} | {p['error']} | | | | no | | |")
+            continue
+        lines.append(f"| {p['plan']} | {p['AP']:.4f} | {p['AP50']:.4f} | {p['AP75']:.4f} | "
+                     f"{p['AP_drop_pct']:.2f} | {'yes' if p['meets'] else 'no'} | {p['latency_ms_p50']:.1f} | "
+                     f"{p['size_bytes'] / 1e6:.3f} |")
+    return lines
+
+
+def sweep_markdown(name: str, log: dict) -> list:
+    """A search log (``<stem>_budget.json``) of an export with an unreachable budget: the whole ladder."""
+    sp = log["split"]
+    return [f"## {name}: the ladder (`--max-ap-drop {log['max_ap_drop']:g} --max-float {log['max_float']}`)", "",
+            f"Split: {sp['images']} training images (seed {sp['seed']}), reference fp32 TFLite AP "
+            f"{log['reference']['AP']:.4f}, {log['reference']['latency_ms_p50']:.1f} ms. {log['verdict']}.", "",
+            *_plans_table(log["plans"]), "",
+            f"Ranked worst first (kept float in the last plan): {', '.join(log['kept_float_layers'])}.", ""]
+
+
+def to_markdown(results: list, machine: str, note: str = "", sweeps=()) -> str:
     lines = ["# Accuracy-budget int8 export (`--mode int8 --max-ap-drop PCT`)", "", f"Machine: {machine}", ""]
     lines += [note, ""] if note else []
     for r in results:
@@ -75,17 +98,11 @@ def to_markdown(results: list, machine: str, note: str = "") -> str:
         lines += ["", f"Search on the calibration-validation split ({sp['images']} training images, seed "
                       f"{sp['seed']}; calibration: {sp['calibration_images']} of the other {sp['calibration_pool']}); "
                       f"reference fp32 TFLite AP {s['reference']['AP']:.4f}. **{s['verdict']}**.", "",
-                  "| plan | AP | AP50 | AP75 | drop (% of fp32) | meets | latency p50 (ms) | size (MB) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for p in s["plans"]:
-            if "error" in p:
-                lines.append(f"| {p['plan']} | {p['error']} | | | | no | | |")
-                continue
-            lines.append(f"| {p['plan']} | {p['AP']:.4f} | {p['AP50']:.4f} | {p['AP75']:.4f} | "
-                         f"{p['AP_drop_pct']:.2f} | {'yes' if p['meets'] else 'no'} | {p['latency_ms_p50']:.1f} | "
-                         f"{p['size_bytes'] / 1e6:.2f} |")
+                  *_plans_table(s["plans"])]
         kept = ", ".join(s["kept_float_layers"]) or "none (full integer)"
         lines += ["", f"Layers kept float: {kept}.", ""]
+    for name, log in sweeps:
+        lines += sweep_markdown(name, log)
     return "\n".join(lines)
 
 
@@ -99,10 +116,13 @@ def main(argv=None) -> int:
     ap.add_argument("--md", required=True)
     ap.add_argument("--note", default="", help="a paragraph for the markdown (where the runs come from)")
     ap.add_argument("--render", action="store_true", help="only write --md from the results in --json")
+    ap.add_argument("--sweep", action="append", default=[], metavar="NAME=LOG.json",
+                    help="also show the search log of an export with an unreachable budget (the whole ladder)")
     args = ap.parse_args(argv)
+    sweeps = [(n, json.loads(Path(f).read_text())) for n, _, f in (w.partition("=") for w in args.sweep)]
     if args.render:
         data = json.loads(Path(args.json).read_text())
-        write_text_atomic(args.md, to_markdown(data["results"], machine_line(data["machine"]), args.note))
+        write_text_atomic(args.md, to_markdown(data["results"], machine_line(data["machine"]), args.note, sweeps))
         return 0
     machine = machine_info()
     results = []
@@ -111,7 +131,7 @@ def main(argv=None) -> int:
             results.append(measure(name, run, budget))
             print(f"{name} @ {budget:g} %: {results[-1]['search']['verdict']}", flush=True)
             write_text_atomic(args.json, json.dumps({"machine": machine, "results": results}, indent=2))
-    write_text_atomic(args.md, to_markdown(results, machine_line(machine), args.note))
+    write_text_atomic(args.md, to_markdown(results, machine_line(machine), args.note, sweeps))
     return 0
 
 
