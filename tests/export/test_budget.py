@@ -239,3 +239,19 @@ def test_compare_measures_the_int8_budget_variant(tiny_det_run, tmp_path):
     assert row["file"].endswith("model_int8-budget.tflite") and row["size_bytes"] > 0 and row["AP"] > 0
     assert row["AP_ratio"] == pytest.approx(row["AP"] / rows["float (Keras)"]["AP"])
     assert "| int8-budget |" in (tmp_path / "cmp" / "report.md").read_text()
+
+
+def test_benchmark_tables_render_the_recorded_numbers():
+    """benchmarks/budget.py's markdown from the recorded results (benchmarks/results/budget*.json)."""
+    from benchmarks.budget import sweep_markdown, to_markdown
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    data = json.loads((root / "budget.json").read_text())
+    md = to_markdown(data["results"], "machine", "note")
+    demo_tight = next(r for r in data["results"] if r["name"] == "demo" and r["max_ap_drop"] == 0.1)
+    assert demo_tight["search"]["kept_float_layers"] == ["Conv"] and "Layers kept float: Conv." in md
+    assert "| int8, 1 float | 0.1647 | 0.2805 | 0.1582 | -1.12 | yes |" in md
+    sweep = json.loads((root / "budget_sweep_raccoon.json").read_text())
+    lines = sweep_markdown("raccoon", sweep)
+    assert [p["kept_float"] for p in sweep["plans"]] == [0, 1, 2, 4, 8, None]
+    assert any(ln.startswith("| int16x8 (whole model) | 0.5591 |") for ln in lines)
