@@ -8,7 +8,7 @@ Commands::
                     [--quiet]
     fpn-edge bench  MODEL.tflite [--threads N] [--runs N] [--warmup N] [--delegate SPEC]
                     [--image PATH] [--json] [--out FILE]
-    fpn-edge info   MODEL.tflite [--json]
+    fpn-edge info   MODEL.tflite [--json]   (both metadata kinds: keras-fpn and standard TFLite)
 
 ``detect`` takes image files and directories (and, when OpenCV is installed,
 video files and camera indices such as ``0``). It writes ``DIR/detections.json``
@@ -302,6 +302,7 @@ def cmd_info(args) -> int:
     from fpn_edge.interpreter import describe_model
     from fpn_edge.metadata import quantization_summary, read_metadata
     from fpn_edge.runner import runner_class
+    from fpn_edge.standard_metadata import describe_standard_metadata, read_standard_metadata
 
     info = describe_model(args.model)
     try:
@@ -311,6 +312,11 @@ def cmd_info(args) -> int:
     except EdgeError as e:
         info["metadata"] = None
         info["metadata_error"] = str(e)
+    try:
+        info["standard_metadata"] = read_standard_metadata(args.model)
+    except EdgeError as e:
+        info["standard_metadata"] = None
+        info["standard_metadata_error"] = str(e)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -334,6 +340,10 @@ def cmd_info(args) -> int:
         for op in info["ops"]:
             counts[op] = counts.get(op, 0) + 1
         out.append(f"ops ({len(info['ops'])}): " + ", ".join(f"{k} x{v}" for k, v in counts.items()))
+    if info.get("standard_metadata_error"):
+        out.append(f"standard metadata: unreadable ({info['standard_metadata_error']})")
+    else:
+        out += describe_standard_metadata(info["standard_metadata"])
     meta = info["metadata"]
     if meta is None:
         out.append(f"metadata: none ({info['metadata_error']})")
@@ -342,7 +352,7 @@ def cmd_info(args) -> int:
         out += [f"task     {meta['task']}",
                 f"output   {meta['output']}",
                 f"input    {meta['input']['height']}x{meta['input']['width']}, {norm['channel_order']}, "
-                f"mean {norm['mean']}, std {norm['std']}",
+                f"mean {norm['mean']}, std {norm['std']}, resize {meta['input'].get('resize', 'letterbox')}",
                 f"labels   ({len(meta['labels'])}) {', '.join(meta['labels'])}"]
         out += runner_class(meta["task"]).describe_meta(meta)
         if quantization_summary(meta):

@@ -45,6 +45,8 @@ __all__ = ["Detector", "Detection", "pin_cpu_kernel_threads", "postprocess_threa
 
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 PP_KEYS = ("boxes", "classes", "scores", "num_detections")
+#: post-process output -> its signature name as pycoral's ``detect.get_objects`` looks it up
+CORAL_SIGNATURE = {"boxes": "output_3", "classes": "output_2", "scores": "output_1", "num_detections": "output_0"}
 RAW_KEYS = ("box_deltas", "class_logits")
 
 
@@ -164,7 +166,15 @@ def _map_postprocess_outputs(interp, outputs: list, where) -> dict:
                 found.setdefault(key, idx)
     if len(found) == 4 and len(set(found.values())) == 4:
         return found
-    # 3. Tensor names "X", "X:1", "X:2", "X:3" (the op's outputs in order).
+    # 3. Signature names as pycoral reads them (keras-fpn exports since the SSD convention, TF OD API):
+    #    output_0 count ... output_3 boxes, told from generic names in op order (step 5) by the shapes.
+    sig = dict(_signature_outputs(interp))
+    shapes = {d["index"]: [int(v) for v in d["shape"]] for d in outputs}
+    if all(name in sig for name in CORAL_SIGNATURE.values()):
+        coral = {key: sig[CORAL_SIGNATURE[key]] for key in PP_KEYS}
+        if shapes.get(coral["boxes"], [])[-1:] == [4] and shapes.get(coral["num_detections"]) == [1]:
+            return coral
+    # 4. Tensor names "X", "X:1", "X:2", "X:3" (the op's outputs in order).
     stems = {}
     for name, idx in by_name.items():
         stem, _, k = name.rpartition(":")
@@ -173,10 +183,10 @@ def _map_postprocess_outputs(interp, outputs: list, where) -> dict:
     for stem, ks in stems.items():
         if sorted(ks) == [0, 1, 2, 3]:
             return {key: ks[k] for k, key in enumerate(PP_KEYS)}
-    # 4. Signature order output_0..output_3 (keras-fpn's export order).
-    sig = _signature_outputs(interp)
-    if len(sig) == 4:
-        return {key: idx for key, (_, idx) in zip(PP_KEYS, sig)}
+    # 5. Generic signature names output_0..output_3 in the op's order (boxes, classes, scores, count).
+    order = _signature_outputs(interp)
+    if len(order) == 4:
+        return {key: idx for key, (_, idx) in zip(PP_KEYS, order)}
     raise EdgeError(f"{where}: cannot tell the post-process outputs apart "
                     f"(outputs: {sorted(by_name)})")
 

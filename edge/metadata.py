@@ -1,9 +1,12 @@
 """keras-fpn metadata inside a .tflite file: a ZIP archive appended to the flatbuffer.
 
 TFLite interpreters ignore bytes after the flatbuffer, and :mod:`zipfile` reads an
-archive that has other data in front of it (TFLite's own metadata populator uses
-the same trick for associated files), so one file carries the model and
-everything ``fpn-edge`` needs to run it.
+archive that has other data in front of it, so one file carries the model and
+everything ``fpn-edge`` needs to run it. The archive is also where the standard
+TFLite Model Metadata inside the flatbuffer (``fpn_edge.standard_metadata``)
+finds its associated file ``labels.txt``: MediaPipe and the Task Library read
+only an *uncompressed* (stored) archive, so it is written stored; older exports
+with a compressed archive still read here.
 
 Archive members:
 
@@ -29,8 +32,9 @@ Archive members:
           "channel_order": "RGB",            #   "RGB" | "BGR"
           "mean": [127.5, 127.5, 127.5],     #   (x - mean) / std, per channel
           "std": [127.5, 127.5, 127.5]       #   (in channel_order order)
-        }
-      },
+        },
+        "resize": "letterbox"                # "letterbox" | "stretch" (fpn_edge.preprocess);
+      },                                     # absent (files before it): letterbox
       "output": "postprocess",               # "postprocess": boxes/classes/scores/count
                                              # "raw": box_deltas [1,A,4], class_logits [1,A,C]
       "box_coder": {"scale_factors": [10.0, 10.0, 5.0, 5.0]},   # (sy, sx, sh, sw)
@@ -65,8 +69,8 @@ instead::
       "segmentation": {"background_id": 0,   # the channel that means "no object"
                        "ignore_label": 255}  # class-map value of unlabelled pixels (training)
 
-The prediction is the argmax over K of the logits, cropped to the letterboxed
-content and mapped back to the original image (``fpn_edge.segmenter``).
+The prediction is the argmax over K of the logits, cropped to the image's
+content (``input.resize``) and mapped back to the original image (``fpn_edge.segmenter``).
 """
 from __future__ import annotations
 
@@ -82,6 +86,7 @@ import numpy as np
 from fpn_edge.atomic import write_bytes_atomic
 from fpn_edge.errors import EdgeError
 from fpn_edge.interpreter import check_tflite_bytes
+from fpn_edge.preprocess import RESIZE_MODES
 
 SCHEMA_VERSION = 1
 META_NAME = "fpn_meta.json"
@@ -177,6 +182,8 @@ def validate_meta(meta: dict, where: str = "metadata") -> dict:
         _fail(where, f"metadata input size must be positive, got {h}x{w}")
     if order not in ("RGB", "BGR") or len(mean) != 3 or len(std) != 3 or min(std) == 0:
         _fail(where, "metadata normalization must have channel_order RGB|BGR, 3 means, 3 non-zero stds")
+    if inp.get("resize", RESIZE_MODES[0]) not in RESIZE_MODES:
+        _fail(where, f"metadata 'input.resize' must be one of {', '.join(RESIZE_MODES)}, got {inp['resize']!r}")
     schema.check(meta, where)
     _check_quantization(meta.get("quantization"), where)
     return meta
@@ -272,7 +279,7 @@ def write_metadata(tflite_path_or_bytes, meta: dict, anchors: np.ndarray | None,
         raise EdgeError(f"{out_path}: a raw model needs its anchors in the metadata")
 
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(META_NAME, json.dumps(meta, indent=2, sort_keys=True))
         zf.writestr(LABELS_NAME, "".join(f"{s}\n" for s in meta["labels"]))
         if anchors is not None:

@@ -1,16 +1,24 @@
-"""Image loading and letterbox preprocessing in numpy/Pillow, identical to the TF pipeline.
+"""Image loading and letterbox / stretch preprocessing in numpy/Pillow, identical to the TF pipeline.
 
-Letterbox (DESIGN.md): resize keeping the aspect ratio so the image fits inside
-the model canvas (H, W): ``scale = min(H / h, W / w)``, new size
-``(round(h * scale), round(w * scale))`` (round half to even, clamped to
-[1, H] x [1, W]), bilinear with half-pixel centres and no antialiasing
+The model's resize mode (metadata ``input.resize``, :data:`RESIZE_MODES`; a file
+without the key is ``letterbox``) sets the content's size ``(new_h, new_w)`` on
+the model canvas (H, W):
+
+- ``letterbox``: keep the aspect ratio so the image fits inside the canvas:
+  ``scale = min(H / h, W / w)``, new size ``(round(h * scale), round(w * scale))``
+  (round half to even, clamped to [1, H] x [1, W]);
+- ``stretch``: ``(H, W)``, each axis scaled on its own (``H / h`` and ``W / w``),
+  what MediaPipe and the TFLite Task Library feed a model.
+
+The content is resized bilinearly with half-pixel centres and no antialiasing
 (``tf.image.resize(..., "bilinear", antialias=False)``, reproduced here in
 float32 arithmetic), pasted at the top-left of an (H, W) canvas of zeros
 (before normalization), then ``(x - mean) / std`` in the model's channel order.
 The resized pixels stay float32 (no rounding back to uint8).
 
 A box normalized to the canvas maps back to the original image by
-``y_img = y * H / new_h``, ``x_img = x * W / new_w`` (normalized to the original image).
+``y_img = y * H / new_h``, ``x_img = x * W / new_w`` (normalized to the original
+image; per axis, the identity for stretch).
 """
 from __future__ import annotations
 
@@ -23,7 +31,17 @@ import numpy as np
 from fpn_edge.errors import EdgeError
 
 __all__ = ["load_image", "pil_to_rgb", "as_rgb_uint8", "resize_bilinear", "letterbox", "letterbox_size", "normalize",
-           "quantize", "LetterboxInfo"]
+           "quantize", "LetterboxInfo", "RESIZE_MODES", "check_resize"]
+
+#: the model-input resize modes (module docstring); the first is the default, and that of old files
+RESIZE_MODES = ("letterbox", "stretch")
+
+
+def check_resize(resize) -> str:
+    """``resize`` when it is one of :data:`RESIZE_MODES`, else ``ValueError`` naming the choices."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    return resize
 
 
 def _has_alpha(im) -> bool:
@@ -165,27 +183,31 @@ class LetterboxInfo:
         return np.clip(out, 0.0, 1.0)
 
 
-def letterbox_size(h: int, w: int, canvas_h: int, canvas_w: int) -> tuple[int, int]:
-    """Resized ``(new_h, new_w)`` of an ``h x w`` image fitted into ``canvas_h x canvas_w``."""
+def letterbox_size(h: int, w: int, canvas_h: int, canvas_w: int, resize: str = "letterbox") -> tuple[int, int]:
+    """Resized ``(new_h, new_w)`` of an ``h x w`` image on a ``canvas_h x canvas_w`` canvas (module docstring)."""
+    if check_resize(resize) == "stretch":
+        return canvas_h, canvas_w
     scale = min(canvas_h / h, canvas_w / w)
     new_h = min(max(int(round(h * scale)), 1), canvas_h)
     new_w = min(max(int(round(w * scale)), 1), canvas_w)
     return new_h, new_w
 
 
-def letterbox(image: np.ndarray, canvas_h: int, canvas_w: int, out: np.ndarray | None = None):
-    """Resize keeping aspect ratio and paste at the top-left of a zero canvas (0..255 scale).
+def letterbox(image: np.ndarray, canvas_h: int, canvas_w: int, out: np.ndarray | None = None,
+              resize: str = "letterbox"):
+    """Resize to :func:`letterbox_size` and paste at the top-left of a zero canvas (0..255 scale).
 
     Args:
         image: ``[h, w, 3]`` uint8 RGB.
         canvas_h, canvas_w: model input size.
         out: optional preallocated ``[canvas_h, canvas_w, 3]`` float32 canvas to fill.
+        resize: ``"letterbox"`` (keep the aspect ratio) or ``"stretch"`` (fill the canvas).
 
     Returns:
         ``(canvas float32 [canvas_h, canvas_w, 3], LetterboxInfo)``.
     """
     h, w = image.shape[:2]
-    new_h, new_w = letterbox_size(h, w, canvas_h, canvas_w)
+    new_h, new_w = letterbox_size(h, w, canvas_h, canvas_w, resize)
     if out is None:
         out = np.zeros((canvas_h, canvas_w, 3), dtype=np.float32)
     else:

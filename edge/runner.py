@@ -2,7 +2,7 @@
 
 Checks the one ``[1, H, W, 3]`` input against the metadata, keeps the
 preprocessing buffers (allocated once, reused for every frame), letterboxes
-and normalizes images (:mod:`fpn_edge.preprocess`) and quantizes them for
+or stretches (the metadata's ``input.resize``) and normalizes images (:mod:`fpn_edge.preprocess`) and quantizes them for
 uint8/int8 inputs. Subclasses map and decode the outputs.
 
 The metadata's ``task`` picks the subclass through :data:`RUNNERS`: a task is
@@ -19,7 +19,7 @@ import numpy as np
 from fpn_edge.errors import EdgeError
 from fpn_edge.interpreter import LoadedInterpreter, load_interpreter
 from fpn_edge.metadata import read_metadata
-from fpn_edge.preprocess import as_rgb_uint8, letterbox, load_image, normalize, quantize
+from fpn_edge.preprocess import RESIZE_MODES, as_rgb_uint8, letterbox, load_image, normalize, quantize
 
 __all__ = ["ModelRunner", "RUNNERS", "open_runner", "runner_class", "dequantize"]
 
@@ -72,6 +72,8 @@ class ModelRunner:
         if self.input_dtype not in (np.float32, np.uint8, np.int8):
             raise EdgeError(f"{where}: unsupported input dtype {self.input_dtype}")
         self._normalization = meta["input"]["normalization"]
+        #: ``letterbox`` | ``stretch`` (``fpn_edge.preprocess``); files written before the key: letterbox
+        self.resize = meta["input"].get("resize", RESIZE_MODES[0])
         # Preallocated buffers, reused for every frame.
         self._canvas = np.zeros((h, w, 3), np.float32)
         self._norm = np.zeros((1, h, w, 3), np.float32)
@@ -136,13 +138,13 @@ class ModelRunner:
             self._interp.set_tensor(self._input["index"], self._qinput)
 
     def preprocess(self, image: np.ndarray):
-        """Letterbox + normalize an ``[h, w, 3]`` uint8 RGB image into the reused buffers.
+        """Letterbox or stretch (``self.resize``) + normalize an ``[h, w, 3]`` uint8 RGB image into the buffers.
 
         Returns:
             ``(normalized float32 [1, H, W, 3] view of the internal buffer, LetterboxInfo)``.
         """
         h, w = self.input_size
-        _, info = letterbox(image, h, w, out=self._canvas)
+        _, info = letterbox(image, h, w, out=self._canvas, resize=self.resize)
         normalize(self._canvas, self._normalization, out=self._norm[0])
         return self._norm, info
 

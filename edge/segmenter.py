@@ -1,12 +1,13 @@
 """``Segmenter``: run a keras-fpn semantic-segmentation .tflite and return class maps in image pixels.
 
-The model has one output ``seg_logits [1, H, W, K]`` on the letterboxed canvas
+The model has one output ``seg_logits [1, H, W, K]`` on the model canvas
 (float32, or int8/uint8 with a scale and zero point); channel ``k`` is
 ``labels[k]``, and ``meta["segmentation"]["background_id"]`` (0) means "no
 object". A class map is a uint8 ``[h, w]`` array over the ORIGINAL image:
-the logits are cropped to the letterboxed content ``[:new_h, :new_w]``,
-resized bilinearly (half-pixel centres, = ``tf.image.resize``) to ``h x w``
-when the sizes differ, and arg-maxed. When no resize is needed the argmax
+the logits are cropped to the image's content ``[:new_h, :new_w]`` (the
+letterbox's, or the whole canvas for a ``stretch`` model: ``fpn_edge.preprocess``),
+resized bilinearly per axis (half-pixel centres, = ``tf.image.resize``) to
+``h x w`` when the sizes differ, and arg-maxed. When no resize is needed the argmax
 runs on the raw integer logits (dequantization is monotonic, so the result
 is the same, without a float copy).
 """
@@ -56,7 +57,7 @@ class Segmenter(ModelRunner):
         return dequantize(self._interp.get_tensor(d["index"])[0], d)
 
     def postprocess(self, info) -> np.ndarray:
-        """The last :meth:`invoke`'s class map for the image ``info`` (a ``LetterboxInfo``) describes.
+        """The last :meth:`invoke`'s class map for the image ``info`` (a ``LetterboxInfo``, either mode) describes.
 
         Returns:
             uint8 ``[info.orig_h, info.orig_w]`` class ids (index into ``labels``).

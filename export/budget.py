@@ -199,9 +199,9 @@ def export_budget(model, config, labels, *, out, max_ap_drop: float = DEFAULT_MA
         The written path.
     """
     from fpn_edge.atomic import write_text_atomic
-    from fpn_edge.metadata import read_metadata, write_metadata
+    from fpn_edge.metadata import read_metadata, strip_metadata
     from fpn_export.debug import ranking
-    from fpn_export.tflite import input_normalization
+    from fpn_export.tflite import input_normalization, write_export
     from keras_fpn.data.pipeline import representative_images
     from keras_fpn.tasks import get_task
 
@@ -302,7 +302,8 @@ def export_budget(model, config, labels, *, out, max_ap_drop: float = DEFAULT_MA
         meta["export"] = {k: v for k, v in meta["export"].items() if k != "debug"} | {
             "mode": "int8-budget", "keep_float": pick}
         meta["quantization"] = quantization
-        path = write_metadata(paths[pick], meta, anchors, out)
+        # the standard TFLite metadata (fpn_export.interop) is written again from this meta, like the archive
+        path = write_export(strip_metadata(paths[pick].read_bytes()), meta, out, anchors=anchors)
         write_text_atomic(out.with_name(out.stem + "_budget.json"), json.dumps(
             {"model": str(path), "size_bytes": path.stat().st_size, "full_integer": pick == 0,
              "kept_float": kept, "kept_float_layers": [layer_of(t) for t in kept], "ranked_layers": names,

@@ -25,8 +25,8 @@ def representative_from_config(config, n: Optional[int] = None, seed: int = 0) -
     """A factory of ``n`` (default ``export.representative_images``) calibration images from ``data.train``.
 
     Images go through ``keras_fpn.data.pipeline.representative_images``, the
-    evaluation/inference preprocessing of the training pipeline (letterbox +
-    the backbone's normalization).
+    evaluation/inference preprocessing of the training pipeline (the model's
+    ``model.resize``, letterbox or stretch, + the backbone's normalization).
     """
     from fpn_export.tflite import input_normalization
     from keras_fpn.data.pipeline import representative_images
@@ -36,7 +36,8 @@ def representative_from_config(config, n: Optional[int] = None, seed: int = 0) -
         raise ExportError(f"--representative must be >= 1, got {n}")
     ds = _train_split(config, "calibration needs training images")
     norm = input_normalization(config.model)
-    images = list(representative_images(ds, n, tuple(config.model.image_size), norm, seed=seed))
+    images = list(representative_images(ds, n, tuple(config.model.image_size), norm, seed=seed,
+                                        resize=config.model.resize))
     if not images:
         raise ExportError(f"{config.data.train}: no readable calibration image")
     return lambda: iter(images)

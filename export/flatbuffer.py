@@ -9,7 +9,9 @@ Two views of a model:
 * ``read_graph``: a read-only ``Graph`` of the main subgraph (ops in execution
   order with their tensors and the few options the checks need), for the
   full-integer check (``fpn_export.tflite``) and the Edge TPU report
-  (``fpn_export.edgetpu``).
+  (``fpn_export.edgetpu``);
+* ``set_outputs`` / ``set_metadata``: the edits ``fpn_export.interop`` makes
+  on a ``ModelT`` (output order and signature names, a named metadata buffer).
 
 Trailing bytes after the flatbuffer (the keras-fpn metadata archive) are ignored.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["schema", "read_model", "write_model", "op_name", "TensorInfo", "OpInfo", "Graph",
+__all__ = ["schema", "read_model", "write_model", "op_name", "signature_outputs", "set_outputs", "set_metadata", "TensorInfo", "OpInfo", "Graph",
            "read_graph", "op_names", "op_counts"]
 
 
@@ -57,6 +59,40 @@ def write_model(model) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils
 
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def signature_outputs(model) -> dict:
+    """``{signature output name: tensor index}`` of the model's one signature (``{}`` when it has none)."""
+    sigs = [s for s in (model.signatureDefs or []) if int(s.subgraphIndex or 0) == 0]
+    if len(sigs) != 1:
+        return {}
+    return {_text(t.name): int(t.tensorIndex) for t in (sigs[0].outputs or [])}
+
+
+def set_outputs(model, tensors: list, names: dict) -> None:
+    """Make ``tensors`` (tensor indices, the same set as today's) the main subgraph's outputs in that order, and
+    rename the signature outputs (``names``: tensor index -> new name), listed in the new order."""
+    sg = model.subgraphs[0]
+    if sorted(int(i) for i in sg.outputs) != sorted(tensors):
+        raise ValueError(f"set_outputs: {tensors} are not the model outputs {list(sg.outputs)}")
+    sg.outputs = np.asarray(tensors, dtype=np.int32)
+    for sig in model.signatureDefs or []:
+        if int(sig.subgraphIndex or 0) == 0 and sig.outputs:
+            for t in sig.outputs:
+                t.name = names.get(int(t.tensorIndex), _text(t.name))
+            sig.outputs = sorted(sig.outputs, key=lambda t: tensors.index(int(t.tensorIndex)))
+
+
+def set_metadata(model, name: str, blob: bytes) -> None:
+    """Store ``blob`` in a new buffer named ``name`` in ``Model.metadata`` (an entry of that name is replaced)."""
+    s = schema()
+    buf = s.BufferT()
+    buf.data = np.frombuffer(blob, dtype=np.uint8)
+    model.buffers.append(buf)
+    entry = s.MetadataT()
+    entry.name = name
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if _text(m.name) != name] + [entry]
 
 
 @functools.lru_cache(maxsize=None)

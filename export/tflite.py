@@ -15,7 +15,8 @@
   that kept an op in float inside the network.
 
 ``check_loads`` then proves the bytes load in the TFLite interpreter, and
-``write_export`` appends the keras-fpn metadata (``fpn_edge.metadata``) and
+``write_export`` adds the standard TFLite metadata (``fpn_export.interop``),
+appends the keras-fpn metadata (``fpn_edge.metadata``) and
 writes the file atomically (temporary file + rename: a failed export leaves
 any earlier file in place). The task exporters (``fpn_export.detection``,
 ``fpn_export.segmentation``) run these steps in that order.
@@ -66,7 +67,8 @@ def export_metadata(config, *, task: str, labels, output: str, mode: str, extra:
 
     h, w = (int(v) for v in config.model.image_size)
     return {"task": task, "labels": [str(s) for s in labels],
-            "input": {"height": h, "width": w, "normalization": input_normalization(config.model)},
+            "input": {"height": h, "width": w, "normalization": input_normalization(config.model),
+                      "resize": config.model.resize},
             "output": output, **sections, "config": config_to_dict(config),
             "export": {"mode": mode, **(extra or {})}}
 
@@ -390,13 +392,21 @@ def write_export(data: bytes, meta: dict, out, *, anchors=None, report: bool = F
                  started: Optional[float] = None) -> Path:
     """Attach the metadata and write ``out`` atomically; the Edge TPU op report beside it when asked.
 
+    Two kinds of metadata: the standard TFLite Model Metadata inside the flatbuffer
+    (``fpn_export.interop``, for MediaPipe / the Task Library) and the keras-fpn
+    archive appended to it (``fpn_edge.metadata``), whose ``labels.txt`` is the standard one's
+    associated file.
+
     ``report`` (always for an Edge TPU mode) writes ``<stem>_edgetpu_report``;
     ``started`` (a ``time.perf_counter()`` value) only times the log line.
     """
     from fpn_edge.metadata import write_metadata
+    from fpn_export.interop import attach_standard_metadata
+    from keras_fpn import __version__
 
     out = Path(out)
     mode = meta["export"]["mode"]
+    data = attach_standard_metadata(data, meta, version=__version__)
     try:
         path = write_metadata(data, meta, anchors, out)
     except Exception as exc:

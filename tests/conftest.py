@@ -72,17 +72,26 @@ export:
 
 
 @pytest.fixture(scope="session")
-def tiny_seg_run(tmp_path_factory) -> Path:
-    """A segmentation run directory trained through the CLI on 16 + 4 synthetic 64 px images (shared, once)."""
+def train_tiny(tmp_path_factory):
+    """``train_tiny(name, config_yaml, **synthetic) -> run dir``: a run trained through the CLI on synthetic
+    data (``synthetic``: ``generate_synthetic_coco`` keywords) in a new temporary folder NAME."""
     from keras_fpn.cli import main
     from keras_fpn.data.synthetic import generate_synthetic_coco
 
-    root = tmp_path_factory.mktemp("tiny_seg")
-    generate_synthetic_coco(root / "data", num_train=16, num_val=4, image_size=64, seed=2, masks=True)
-    (root / "tiny.yaml").write_text(TINY_SEG_CONFIG)
-    run = root / "run"
-    assert main(["train", str(root / "tiny.yaml"), "--run-dir", str(run), "--quiet"]) == 0
-    return run
+    def train(name: str, config: str, **synthetic) -> Path:
+        root = tmp_path_factory.mktemp(name)
+        generate_synthetic_coco(root / "data", **synthetic)
+        (root / "tiny.yaml").write_text(config)
+        run = root / "run"
+        assert main(["train", str(root / "tiny.yaml"), "--run-dir", str(run), "--quiet"]) == 0
+        return run
+    return train
+
+
+@pytest.fixture(scope="session")
+def tiny_seg_run(train_tiny) -> Path:
+    """A segmentation run directory trained through the CLI on 16 + 4 synthetic 64 px images (shared, once)."""
+    return train_tiny("tiny_seg", TINY_SEG_CONFIG, num_train=16, num_val=4, image_size=64, seed=2, masks=True)
 
 
 @pytest.fixture(scope="session")

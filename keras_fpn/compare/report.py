@@ -250,7 +250,7 @@ def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, be
         rows.append(_row(task, mode, path, metrics, float_metrics, latency.get("end_to_end", latency["invoke"]),
                          threads, changes))
     report = {"run": str(run.path), "task": task.task, "metric": task.metric,
-              "dataset": {"source": str(dataset.source), "images": len(dataset)},
+              "dataset": {"source": str(dataset.source), "images": len(dataset)}, "resize": cfg.model.resize,
               "cpu": cpu_name(), "threads": threads,
               "latency_method": {"order": "round-robin after every export", "runs": bench_runs, "warmup": 5,
                                  "load_average_1min": [load_before, _load_average()]},
@@ -327,7 +327,8 @@ def format_report(report: dict) -> str:
            f"rounds after {timing['warmup']} untimed), so that a changing load hits all alike; 1-minute load "
            f"average {fmt(timing['load_average_1min'][0], '.2f')} before and "
            f"{fmt(timing['load_average_1min'][1], '.2f')} after.") if timing else ""
-    before = (f"Validation set: {report['dataset']['source']} ({report['dataset']['images']} images). "
+    before = (f"Validation set: {report['dataset']['source']} ({report['dataset']['images']} images), "
+              f"model input {report.get('resize', 'letterbox')} (`model.resize`). "
               f"CPU: {report['cpu']}. TFLite variants run through fpn_edge (XNNPACK, {report['threads']} threads); "
               f"latency is end to end per image (preprocess + invoke + {task.postprocess}); the float Keras "
               "row times the model alone (tf.function, TensorFlow)." + how + " " + task.method.format(**rules))

@@ -3,7 +3,7 @@
 A ``Config`` has four sections. ``model`` is itself a small tree::
 
     model:
-      preset, task, num_classes, image_size, activation, bn_momentum
+      preset, task, num_classes, image_size, resize, activation, bn_momentum
       backbone:     name, alpha, weights
       neck:         kind, min_level, max_level, width, lite, batch_norm, extra_levels_from, finer_input
       head:         kind, width, depth, prior_probability
@@ -198,6 +198,8 @@ class ModelConfig:
     task: str = "detection"             # keras_fpn.tasks.TASK_NAMES
     num_classes: int = 0                # filled from the training data's label map
     image_size: tuple[int, int] = (320, 320)   # (height, width), divisible by 32
+    resize: str = "letterbox"           # image -> input: "letterbox" (keep aspect, pad) | "stretch" (per axis;
+                                        # what MediaPipe / the TFLite Task Library do), keras_fpn.data.preprocess
     activation: str = "relu"            # "relu" | "relu6"
     bn_momentum: float = 0.99           # every BatchNorm, backbone included (Keras' 0.999 is too slow for short runs)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -210,6 +212,9 @@ class ModelConfig:
     def __post_init__(self):
         _one_of("model.task", self.task, TASK_NAMES)
         _one_of("model.activation", self.activation, ("relu", "relu6"))
+        from fpn_edge.preprocess import RESIZE_MODES
+
+        _one_of("model.resize", self.resize, RESIZE_MODES)
         _integer("model.num_classes", self.num_classes, 0)
         _number("model.bn_momentum", self.bn_momentum, 0, 1, high_open=True)
         check_image_size(self.image_size)
@@ -256,6 +261,7 @@ class TrainConfig:
     ``mixed_precision``: ``keras_fpn.training.distribute``)."""
     epochs: int = 30
     steps_per_epoch: int | None = None  # None: one pass over the training set
+    budget: int | None = None            # total steps; sets epochs (and steps_per_epoch) from the data (recipe.py)
     batch_size: int = 16
     optimizer: str = "sgd"               # "sgd" (momentum) | "adamw"
     learning_rate: float = 0.02
@@ -286,6 +292,7 @@ class TrainConfig:
         _one_of("train.matcher", self.matcher, ("iou", "atss"))
         _integer("train.epochs", self.epochs, 1)
         _integer("train.steps_per_epoch", self.steps_per_epoch, 1, optional=True)
+        _integer("train.budget", self.budget, 1, optional=True)
         _integer("train.batch_size", self.batch_size, 1)
         _number("train.learning_rate", self.learning_rate, 0, low_open=True)
         _number("train.momentum", self.momentum, 0, 1, high_open=True)

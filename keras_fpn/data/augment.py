@@ -3,8 +3,9 @@
 Conventions (geometry and value ranges of ``keras_fpn.data.preprocess``):
 
 - Augmentation works on the original image and maps boxes with the
-  letterbox's own arithmetic: horizontal flip; scale jitter (the letterbox
-  scale times a log-uniform factor) followed by a random crop of the canvas
+  resize's own arithmetic (``resize``: letterbox or stretch, as
+  ``preprocess.resized_size``): horizontal flip; scale jitter (the resize
+  scale, per axis for stretch, times a log-uniform factor) followed by a random crop of the canvas
   size from the resized image when it is larger (content stays at the
   top-left otherwise); boxes are clipped to the visible part, and
   ``visible`` (visible area / area before clipping) lets the caller drop
@@ -17,8 +18,8 @@ Conventions (geometry and value ranges of ``keras_fpn.data.preprocess``):
   default); no photometric change touches it.
 - Randomness is stateless: everything is drawn from one int64 ``[2]`` seed
   pair, so the same seed gives the same augmentation, with or without a
-  class map. ``cfg=None`` is exactly ``preprocess.letterbox`` plus the box
-  mapping.
+  class map. ``cfg=None`` is exactly ``preprocess.letterbox`` (same
+  ``resize``) plus the box mapping.
 """
 from __future__ import annotations
 
@@ -154,7 +155,8 @@ def _photometric(x, seeds, cfg: AugmentConfig):
     return tf.reshape(tf.clip_by_value(out, 0.0, 255.0), tf.shape(x))
 
 
-def _augment(image, boxes, mask, seed, image_size, cfg: Optional[AugmentConfig], mask_fill: int) -> tuple:
+def _augment(image, boxes, mask, seed, image_size, cfg: Optional[AugmentConfig], mask_fill: int,
+             resize: str) -> tuple:
     """The one geometric + photometric augmentation (see ``augment_example``).
 
     ``mask`` (uint8 [h, w] class map or None) follows the image's geometry as
@@ -180,9 +182,9 @@ def _augment(image, boxes, mask, seed, image_size, cfg: Optional[AugmentConfig],
     if cfg is not None and cfg.scale_jitter != (1.0, 1.0):
         lo, hi = math.log(cfg.scale_jitter[0]), math.log(cfg.scale_jitter[1])
         jitter = tf.exp(tf.random.stateless_uniform([], seeds[1], lo, hi, dtype=tf.float64))
-        nh, nw = resized_size(shape[0], shape[1], (H, W), jitter)
+        nh, nw = resized_size(shape[0], shape[1], (H, W), jitter, resize)
     else:
-        nh, nw = resized_size(shape[0], shape[1], (H, W))
+        nh, nw = resized_size(shape[0], shape[1], (H, W), resize=resize)
     resized = tf.image.resize(image, tf.stack([nh, nw]), method="bilinear", antialias=False)
     oy = tf.random.stateless_uniform([], seeds[2], 0, tf.maximum(nh - H, 0) + 1, dtype=tf.int32)
     ox = tf.random.stateless_uniform([], seeds[3], 0, tf.maximum(nw - W, 0) + 1, dtype=tf.int32)
@@ -211,10 +213,11 @@ def _augment(image, boxes, mask, seed, image_size, cfg: Optional[AugmentConfig],
     return canvas, canvas_boxes, visible, mask_canvas
 
 
-def augment_example(image, boxes, seed, image_size, cfg: Optional[AugmentConfig]) -> tuple:
-    """Flip, scale-jitter + crop, letterbox and colour-jitter one example.
+def augment_example(image, boxes, seed, image_size, cfg: Optional[AugmentConfig],
+                    resize: str = "letterbox") -> tuple:
+    """Flip, scale-jitter + crop, resize (letterbox or stretch) and colour-jitter one example.
 
-    With ``cfg=None`` this is exactly ``letterbox`` plus the box mapping.
+    With ``cfg=None`` this is exactly ``letterbox(image, image_size, resize)`` plus the box mapping.
 
     Args:
         image: uint8 [h, w, 3] original image.
@@ -222,18 +225,19 @@ def augment_example(image, boxes, seed, image_size, cfg: Optional[AugmentConfig]
         seed: int [2] stateless seed.
         image_size: Canvas (H, W) or an int.
         cfg: AugmentConfig or None.
+        resize: The model's ``model.resize`` (``"letterbox"`` | ``"stretch"``).
 
     Returns:
         (canvas float32 [H, W, 3] 0..255, boxes float32 [N, 4] normalized to
         the canvas and clipped to the visible part, visible float32 [N]
         = visible area / area before clipping (0 for boxes outside)).
     """
-    canvas, boxes, visible, _ = _augment(image, boxes, None, seed, image_size, cfg, 0)
+    canvas, boxes, visible, _ = _augment(image, boxes, None, seed, image_size, cfg, 0, resize)
     return canvas, boxes, visible
 
 
 def augment_with_mask(image, mask, seed, image_size, cfg: Optional[AugmentConfig],
-                      fill: int = IGNORE_LABEL) -> tuple:
+                      fill: int = IGNORE_LABEL, resize: str = "letterbox") -> tuple:
     """``augment_example`` for an image and its class map (segmentation).
 
     Args:
@@ -244,9 +248,10 @@ def augment_with_mask(image, mask, seed, image_size, cfg: Optional[AugmentConfig
         image_size: Canvas (H, W) or an int.
         cfg: AugmentConfig or None (None: plain letterbox).
         fill: class-map value of the canvas padding (default: ignore).
+        resize: The model's ``model.resize``; the class map is resized the same way.
 
     Returns:
         (canvas float32 [H, W, 3] 0..255, mask uint8 [H, W]).
     """
-    canvas, _, _, mask_canvas = _augment(image, tf.zeros([0, 4]), mask, seed, image_size, cfg, fill)
+    canvas, _, _, mask_canvas = _augment(image, tf.zeros([0, 4]), mask, seed, image_size, cfg, fill, resize)
     return canvas, mask_canvas

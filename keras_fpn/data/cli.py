@@ -13,6 +13,7 @@ import sys
 
 from fpn_edge.argtypes import nonneg_int, positive_float, positive_int
 from fpn_edge.atomic import check_writable
+from fpn_edge.preprocess import RESIZE_MODES
 from keras_fpn.data.issues import BAD_ACTIONS
 from keras_fpn.data.formats import FORMATS, read_dataset
 from keras_fpn.data.images import DataError
@@ -128,7 +129,7 @@ def run_preview(args) -> int:
     dataset = _read(args)
     refuse_input_as_output(args.out, args.dataset, dataset)
     path = render_preview(dataset, args.out, num=args.num, augmented=args.augmented,
-                          image_size=args.image_size, seed=args.seed)
+                          image_size=args.image_size, seed=args.seed, resize=args.resize)
     print(f"wrote {path}")
     return 0
 
@@ -188,6 +189,8 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--augmented", action="store_true", help="apply training augmentation")
     p.add_argument("--num", type=positive_int, default=16)
     p.add_argument("--image-size", type=_image_size, default=(320, 320), help="N or HxW")
+    p.add_argument("--resize", choices=RESIZE_MODES, default=RESIZE_MODES[0],
+                   help="the model's model.resize (default letterbox)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_preview)
 

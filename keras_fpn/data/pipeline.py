@@ -3,9 +3,10 @@
 Conventions (image geometry and normalization: ``keras_fpn.data.preprocess``;
 augmentation: ``keras_fpn.data.augment``; decoding: ``keras_fpn.data.decode``):
 
-- Every pipeline decodes the original image, applies the letterbox (with the
-  training augmentation when training) and the model's normalization; the
-  inference pipeline is ``preprocess_for_inference`` exactly.
+- Every pipeline decodes the original image, applies the model's resize
+  (``resize``: letterbox or stretch, with the training augmentation when
+  training) and the model's normalization; the inference pipeline is
+  ``preprocess_for_inference`` exactly.
 - Detection targets: ``keras_fpn.ops.matcher.encode_targets`` on the
   non-crowd boxes that keep at least ``min_visible`` of their area. Crowd
   boxes are no positives: anchors that are background and lie more than
@@ -152,7 +153,7 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
                             force_match: bool = True, level_sizes: Optional[Sequence[int]] = None,
                             atss_top_k: int = 9,
                             scale_factors: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
-                            crowd_ioa: float = 0.5, shuffle: bool = True,
+                            crowd_ioa: float = 0.5, shuffle: bool = True, resize: str = "letterbox",
                             seed: Optional[int] = None, deterministic: bool = False,
                             cache: bool = False, drop_remainder: Optional[bool] = None,
                             strict: bool = False) -> tf.data.Dataset:
@@ -175,6 +176,7 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
         atss_top_k: Candidates per level and box (atss).
         scale_factors: Box coder (sy, sx, sh, sw).
         crowd_ioa: Background anchors this much inside a crowd box are ignored.
+        resize: The model's ``model.resize``: ``"letterbox"`` | ``"stretch"`` (``keras_fpn.data.preprocess``).
         shuffle: Shuffle each epoch (training only).
         seed: Seed for shuffling and augmentation (None: random).
         deterministic: Keep element order under parallel map (always when not training).
@@ -207,7 +209,7 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
     def prepare(ex, pair):
         from keras_fpn.ops.matcher import encode_targets
 
-        canvas, boxes, visible = augment_example(ex["image"], ex["boxes"], pair, (H, W), cfg)
+        canvas, boxes, visible = augment_example(ex["image"], ex["boxes"], pair, (H, W), cfg, resize)
         crowd = ex["iscrowd"]
         inside = visible > 0.0
         positive = tf.logical_and(tf.logical_and(inside, visible >= min_visible),
@@ -226,7 +228,7 @@ def build_detection_dataset(dataset: DetectionDataset, *, image_size, anchors, n
 
 def build_segmentation_dataset(dataset: DetectionDataset, *, image_size, normalization,
                                batch_size: int, training: bool, augment: Any = "default",
-                               ignore_label: int = IGNORE_LABEL, shuffle: bool = True,
+                               ignore_label: int = IGNORE_LABEL, shuffle: bool = True, resize: str = "letterbox",
                                seed: Optional[int] = None, deterministic: bool = False,
                                cache: bool = False, drop_remainder: Optional[bool] = None,
                                strict: bool = False) -> tf.data.Dataset:
@@ -242,7 +244,7 @@ def build_segmentation_dataset(dataset: DetectionDataset, *, image_size, normali
     Args:
         dataset: The DetectionDataset; its records need ``segmentations``.
         image_size, normalization, batch_size, training, augment, shuffle,
-            seed, deterministic, cache, drop_remainder, strict: as
+            seed, deterministic, cache, drop_remainder, strict, resize: as
             ``build_detection_dataset``.
         ignore_label: Class-map value of ignored pixels (crowd, overlaps, padding).
 
@@ -261,7 +263,7 @@ def build_segmentation_dataset(dataset: DetectionDataset, *, image_size, normali
     normalization_params(normalization)
 
     def prepare(ex, pair):
-        canvas, mask = augment_with_mask(ex["image"], ex["mask"], pair, (H, W), cfg, ignore_label)
+        canvas, mask = augment_with_mask(ex["image"], ex["mask"], pair, (H, W), cfg, ignore_label, resize)
         return canvas, {"seg_logits": mask}
 
     return _prepared_batches(dataset, prepare, cfg=cfg, training=training, shuffle=shuffle, seed=seed, cache=cache,
@@ -270,7 +272,7 @@ def build_segmentation_dataset(dataset: DetectionDataset, *, image_size, normali
 
 
 def build_inference_dataset(dataset: DetectionDataset, *, image_size, normalization,
-                            batch_size: int, strict: bool = False) -> tf.data.Dataset:
+                            batch_size: int, strict: bool = False, resize: str = "letterbox") -> tf.data.Dataset:
     """Evaluation / prediction pipeline through ``preprocess_for_inference``.
 
     Args:
@@ -279,6 +281,7 @@ def build_inference_dataset(dataset: DetectionDataset, *, image_size, normalizat
         normalization: The model's normalization dict.
         batch_size: Batch size (last batch may be smaller).
         strict: An undecodable image raises instead of being skipped.
+        resize: The model's ``model.resize``.
 
     Returns:
         tf.data.Dataset of (images float32 [B, H, W, 3], {"image_id": int64 [B],
@@ -290,7 +293,7 @@ def build_inference_dataset(dataset: DetectionDataset, *, image_size, normalizat
 
     @graph_only
     def prep(ex):
-        image, resized_hw = preprocess_for_inference(ex["image"], (H, W), normalization)
+        image, resized_hw = preprocess_for_inference(ex["image"], (H, W), normalization, resize)
         return image, {"image_id": ex["image_id"], "resized_hw": resized_hw,
                        "original_hw": ex["original_hw"]}
 
@@ -299,7 +302,7 @@ def build_inference_dataset(dataset: DetectionDataset, *, image_size, normalizat
 
 
 def representative_images(dataset: DetectionDataset, n: int, image_size, normalization,
-                          seed: int = 0) -> Iterator[np.ndarray]:
+                          seed: int = 0, resize: str = "letterbox") -> Iterator[np.ndarray]:
     """Int8 calibration inputs: n images through ``preprocess_for_inference``.
 
     Args:
@@ -308,6 +311,7 @@ def representative_images(dataset: DetectionDataset, n: int, image_size, normali
         image_size: Canvas (H, W) or an int.
         normalization: The model's normalization dict.
         seed: Seed of the draw.
+        resize: The model's ``model.resize``.
 
     Yields:
         float32 numpy [1, H, W, 3], as the model input. Undecodable images are
@@ -316,7 +320,7 @@ def representative_images(dataset: DetectionDataset, n: int, image_size, normali
     H, W = canvas_hw(image_size)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(dataset))[:max(int(n), 0)]
-    fn = tf.function(lambda im: preprocess_for_inference(im, (H, W), normalization)[0],
+    fn = tf.function(lambda im: preprocess_for_inference(im, (H, W), normalization, resize)[0],
                      input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     for i in order:
         try:
@@ -328,7 +332,7 @@ def representative_images(dataset: DetectionDataset, n: int, image_size, normali
 
 
 def augmented_examples(dataset: DetectionDataset, image_size, augment: Any = True,
-                       num: int = 16, seed: int = 0) -> Iterator[dict]:
+                       num: int = 16, seed: int = 0, resize: str = "letterbox") -> Iterator[dict]:
     """Decode and (optionally) augment examples for previews and checks.
 
     Args:
@@ -337,6 +341,7 @@ def augmented_examples(dataset: DetectionDataset, image_size, augment: Any = Tru
         augment: AugmentConfig / dict / True / None (None: plain letterbox).
         num: Number of examples (the first ``num`` records).
         seed: Seed for the augmentation.
+        resize: The model's ``model.resize``.
 
     Yields:
         dicts with "canvas" uint8 [H, W, 3] (before normalization), "boxes"
@@ -353,7 +358,7 @@ def augmented_examples(dataset: DetectionDataset, image_size, augment: Any = Tru
             logger.warning("%s; skipped image", e)
             continue
         canvas, boxes, visible = augment_example(image, r.boxes, tf.constant([seed, k], tf.int64),
-                                                 (H, W), cfg)
+                                                 (H, W), cfg, resize)
         visible = visible.numpy()
         keep = (visible > 0) & ((visible >= min_visible) | r.iscrowd)
         yield {"canvas": np.clip(np.round(canvas.numpy()), 0, 255).astype(np.uint8),

@@ -1,4 +1,4 @@
-"""Model-input geometry and normalization: letterbox, normalize, and their inverse for boxes.
+"""Model-input geometry and normalization: letterbox or stretch, normalize, and their inverse for boxes.
 
 Conventions (stated once here; training, evaluation, calibration and the edge
 runtime ``fpn_edge`` all follow them):
@@ -7,15 +7,21 @@ runtime ``fpn_edge`` all follow them):
   (uint8 RGB ``[h, w, 3]``); record boxes are normalized to it (box format in
   ``keras_fpn.data.dataset``). *Canvas*: the model input, ``(H, W)`` =
   ``image_size`` (an int means square).
-- Letterbox: ``scale = min(H / h, W / w)``, resized size ``(round(h * scale),
-  round(w * scale))`` (round half to even, computed in float64, at least
-  1 px), ``tf.image.resize`` bilinear with half-pixel centres and no
-  antialias, pasted at the *top-left* of an ``(H, W)`` canvas of zeros;
-  canvas values are float32 0..255. ``resized_hw = (new_h, new_w)`` is the
-  content's size on the canvas.
+- Resize mode (``model.resize``, ``RESIZE_MODES``) sets only the content's
+  size ``resized_hw = (new_h, new_w)`` on the canvas; everything else
+  (resampling, padding, box mapping) is the same code for both:
+  ``letterbox`` (the default): ``scale = min(H / h, W / w)``, resized size
+  ``(round(h * scale), round(w * scale))`` (round half to even, computed in
+  float64, at least 1 px); ``stretch``: ``(H, W)``, each axis scaled on its
+  own (``H / h``, ``W / w``), as MediaPipe and the TFLite Task Library feed
+  a model. The content is resized with ``tf.image.resize`` bilinear with
+  half-pixel centres and no antialias and pasted at the *top-left* of an
+  ``(H, W)`` canvas of zeros (stretch: no padding); canvas values are
+  float32 0..255.
 - Boxes: ``[ymin, xmin, ymax, xmax]`` normalized to the original image map
   to the canvas by ``y * new_h / H``, ``x * new_w / W`` (content at the
-  top-left, so no offset); ``canvas_to_original`` is the inverse.
+  top-left, so no offset; stretch: the identity); ``canvas_to_original`` is
+  the inverse.
 - Normalization: ``{"channel_order": "RGB"|"BGR", "mean": [3], "std": [3]}``
   (a dict, or an object with those attributes); the channels are reordered
   first, then ``(x - mean) / std`` with mean/std listed in the *output*
@@ -25,6 +31,11 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+
+from fpn_edge.preprocess import RESIZE_MODES, check_resize
+
+__all__ = ["RESIZE_MODES", "canvas_hw", "normalization_params", "resized_size", "letterbox", "normalize",
+           "preprocess_for_inference", "canvas_to_original"]
 
 
 def canvas_hw(image_size) -> tuple:
@@ -59,44 +70,52 @@ def normalization_params(normalization) -> tuple:
     return order == "BGR", mean, std
 
 
-def resized_size(height, width, image_size, jitter=1.0) -> tuple:
-    """The letterbox resized size (int32 tensors), optionally with a scale factor.
+def resized_size(height, width, image_size, jitter=1.0, resize: str = "letterbox") -> tuple:
+    """The content's size on the canvas (int32 tensors), optionally with a scale factor.
 
     Args:
         height: Original image height (scalar tensor or int).
         width: Original image width.
         image_size: Canvas (H, W) or an int for square.
-        jitter: Factor on the letterbox scale (1: plain letterbox, clamped to the canvas).
+        jitter: Factor on the resize scale (1: plain resize, clamped to the canvas).
+        resize: ``"letterbox"`` or ``"stretch"`` (module conventions).
 
     Returns:
         (new_h, new_w) int32 scalars.
     """
     H, W = canvas_hw(image_size)
+    check_resize(resize)
     h = tf.cast(height, tf.float64)
     w = tf.cast(width, tf.float64)
-    scale = tf.minimum(H / h, W / w) * tf.cast(jitter, tf.float64)
-    nh = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), 1)
-    nw = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), 1)
+    jitter64 = tf.cast(jitter, tf.float64)
+    if resize == "stretch":
+        nh = tf.maximum(tf.cast(tf.round(H * jitter64), tf.int32), 1)
+        nw = tf.maximum(tf.cast(tf.round(W * jitter64), tf.int32), 1)
+    else:
+        scale = tf.minimum(H / h, W / w) * jitter64
+        nh = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), 1)
+        nw = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), 1)
     if isinstance(jitter, (int, float)) and jitter == 1.0:
         nh, nw = tf.minimum(nh, H), tf.minimum(nw, W)
     return nh, nw
 
 
-def letterbox(image, image_size) -> tuple:
-    """Resize keeping the aspect ratio and paste at the top-left of a zero canvas.
+def letterbox(image, image_size, resize: str = "letterbox") -> tuple:
+    """Resize to ``resized_size`` and paste at the top-left of a zero canvas.
 
     Args:
         image: [h, w, 3] image (uint8 or float 0..255), tensor or numpy.
         image_size: Canvas (H, W) or an int for square.
+        resize: ``"letterbox"`` (keep the aspect ratio) or ``"stretch"`` (fill the canvas).
 
     Returns:
         (canvas float32 [H, W, 3] in 0..255, resized_hw int32 [2] = (new_h, new_w));
-        the scale is ``new_h / h`` (= ``new_w / w`` up to rounding).
+        the scales are ``new_h / h`` and ``new_w / w`` (letterbox: equal up to rounding).
     """
     H, W = canvas_hw(image_size)
     image = tf.convert_to_tensor(image)
     shape = tf.shape(image)
-    nh, nw = resized_size(shape[0], shape[1], (H, W))
+    nh, nw = resized_size(shape[0], shape[1], (H, W), resize=resize)
     resized = tf.image.resize(image, tf.stack([nh, nw]), method="bilinear", antialias=False)
     canvas = tf.image.pad_to_bounding_box(tf.cast(resized, tf.float32), 0, 0, H, W)
     canvas = tf.ensure_shape(canvas, [H, W, 3])
@@ -120,18 +139,19 @@ def normalize(image, normalization) -> tf.Tensor:
     return (x - mean) / std
 
 
-def preprocess_for_inference(image, image_size, normalization) -> tuple:
-    """THE preprocessing of evaluation, prediction and int8 calibration: letterbox, then normalize.
+def preprocess_for_inference(image, image_size, normalization, resize: str = "letterbox") -> tuple:
+    """THE preprocessing of evaluation, prediction and int8 calibration: resize onto the canvas, normalize.
 
     Args:
         image: uint8 [h, w, 3] RGB from ``load_image`` (tensor or numpy).
         image_size: Canvas (H, W) or an int for square.
         normalization: The model's normalization dict.
+        resize: The model's ``model.resize`` (``"letterbox"`` | ``"stretch"``).
 
     Returns:
         (image float32 [H, W, 3] normalized, resized_hw int32 [2]).
     """
-    canvas, resized_hw = letterbox(image, image_size)
+    canvas, resized_hw = letterbox(image, image_size, resize)
     return normalize(canvas, normalization), resized_hw
 
 
@@ -140,7 +160,7 @@ def canvas_to_original(boxes, resized_hw, image_size):
 
     Args:
         boxes: [..., 4] yxyx normalized to the canvas (numpy or tensor).
-        resized_hw: (new_h, new_w) from ``letterbox``.
+        resized_hw: (new_h, new_w) from ``letterbox`` (stretch: (H, W), the identity).
         image_size: Canvas (H, W) or an int.
 
     Returns:

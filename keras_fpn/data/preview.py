@@ -57,11 +57,11 @@ def draw_boxes(canvas: np.ndarray, boxes: np.ndarray, classes: np.ndarray, names
 
 def render_preview(dataset: DetectionDataset, out: PathLike, *, num: int = 16,
                    augmented: bool = False, augment: Any = True, image_size=320,
-                   seed: int = 0, cols: Optional[int] = None) -> str:
-    """Write a PNG grid of letterboxed (optionally augmented) images with boxes.
+                   seed: int = 0, cols: Optional[int] = None, resize: str = "letterbox") -> str:
+    """Write a PNG grid of letterboxed or stretched (optionally augmented) images with boxes.
 
     Each cell is the model-input canvas (before normalization) produced by the
-    training's own ``augment.augment_example`` (plain letterbox unless ``augmented``),
+    training's own ``augment.augment_example`` (plain resize unless ``augmented``),
     so it shows exactly the boxes training uses.
 
     Args:
@@ -73,6 +73,7 @@ def render_preview(dataset: DetectionDataset, out: PathLike, *, num: int = 16,
         image_size: Canvas (H, W) or an int.
         seed: Seed of the sample and the augmentation.
         cols: Grid columns (default ceil(sqrt(num))).
+        resize: The model's ``model.resize`` (``"letterbox"`` | ``"stretch"``).
 
     Returns:
         The written path.
@@ -85,7 +86,8 @@ def render_preview(dataset: DetectionDataset, out: PathLike, *, num: int = 16,
     subset = dataset.subset(idx)
     H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     cells = []
-    for ex in augmented_examples(subset, (H, W), augment if augmented else None, num=n, seed=seed):
+    for ex in augmented_examples(subset, (H, W), augment if augmented else None, num=n, seed=seed,
+                                 resize=resize):
         cells.append(draw_boxes(ex["canvas"], ex["boxes"], ex["classes"], dataset.label_map.names,
                                 ex["iscrowd"], os.path.basename(ex["image_path"])))
     cols = cols or max(1, int(np.ceil(np.sqrt(max(len(cells), 1)))))

@@ -126,7 +126,7 @@ def predict_dataset(model, dataset, model_cfg, *, batch_size: int = 8, progress:
     from keras_fpn.models.backbones import NORMALIZATION
 
     detect = detect or detection_function(model, model_cfg)
-    ds = build_inference_dataset(dataset, image_size=model_cfg.image_size,
+    ds = build_inference_dataset(dataset, image_size=model_cfg.image_size, resize=model_cfg.resize,
                                  normalization=NORMALIZATION[model_cfg.backbone.name], batch_size=batch_size)
     results = []
     iterator = ds

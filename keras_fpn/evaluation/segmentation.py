@@ -196,9 +196,10 @@ def class_names(labels) -> list:
 def logits_to_class_map(logits, resized_hw, original_hw) -> np.ndarray:
     """Canvas logits ``[H, W, K]`` -> uint8 class map ``[h, w]`` of the original image.
 
-    Crops the letterboxed content ``[:new_h, :new_w]``, resizes the logits
-    bilinearly (half-pixel centres, ``tf.image.resize``) to the original size
-    when it differs, and takes the argmax.
+    Crops the content ``[:new_h, :new_w]`` (the letterbox's, or the whole
+    canvas for stretch), resizes the logits bilinearly per axis (half-pixel
+    centres, ``tf.image.resize``) to the original size when it differs, and
+    takes the argmax.
     """
     import tensorflow as tf
 
@@ -221,7 +222,7 @@ def predict_class_maps(model, dataset, model_cfg, *, batch_size: int = 8, progre
     from keras_fpn.models.backbones import NORMALIZATION
 
     by_id = {r.image_id: r for r in dataset.records}
-    ds = build_inference_dataset(dataset, image_size=model_cfg.image_size,
+    ds = build_inference_dataset(dataset, image_size=model_cfg.image_size, resize=model_cfg.resize,
                                  normalization=NORMALIZATION[model_cfg.backbone.name], batch_size=batch_size)
     iterator = ds
     if progress:

@@ -91,7 +91,8 @@ def pipeline_options(cfg, training: bool, batch_size, seed, deterministic: bool)
 
     augment = AugmentConfig(hflip=cfg.data.hflip, scale_jitter=cfg.data.scale_jitter,
                             photometric=cfg.data.photometric) if training else None
-    return dict(image_size=cfg.model.image_size, normalization=NORMALIZATION[cfg.model.backbone.name],
+    return dict(image_size=cfg.model.image_size, resize=cfg.model.resize,
+                normalization=NORMALIZATION[cfg.model.backbone.name],
                 batch_size=batch_size or cfg.train.batch_size, training=training, augment=augment,
                 seed=cfg.train.seed if seed is None else seed, cache=cfg.data.cache, strict=cfg.data.strict,
                 deterministic=deterministic)

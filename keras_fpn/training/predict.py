@@ -16,7 +16,7 @@ def detect_image(model, model_cfg, labels, image, *, threshold: float, max_detec
     from keras_fpn.ops.postprocess import decode_detections
 
     x, resized_hw = preprocess_for_inference(tf.constant(image), model_cfg.image_size,
-                                             NORMALIZATION[model_cfg.backbone.name])
+                                             NORMALIZATION[model_cfg.backbone.name], model_cfg.resize)
     raw = model(x[None], training=False)
     det = decode_detections(raw["box_deltas"], raw["class_logits"], model_anchors(model_cfg),
                             scale_factors=model_cfg.anchors.box_scale_factors, score_threshold=threshold,

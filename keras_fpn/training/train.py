@@ -41,6 +41,8 @@ from keras_fpn.training import distribute
 from keras_fpn.training.callbacks import EvalCheckpoint, HistoryCSV
 from keras_fpn.training.checkpoints import BackupEveryStepsAndEpoch, complete_pair, load_checkpoint, read_backup
 from keras_fpn.training.optimizer import build_optimizer
+from keras_fpn.training.recipe import with_schedule
+from keras_fpn.training.watch import watch_for
 
 BACKBONE_PREFIXES = ("fpn_", "head_", "box_deltas", "class_logits", "seg_", "image")
 
@@ -146,7 +148,7 @@ def _train(cfg: Config, run: Path, place, *, backup_every_steps: int, verbose, f
     val_set = drop_undecodable(val_set, cfg.data.strict)  # evaluation counts only images it can read
     if not len(val_set):
         raise ValueError(f"{cfg.data.val or cfg.data.train}: no validation image can be decoded")
-    cfg = with_num_classes(cfg, train_set.label_map.num_classes)
+    cfg = with_schedule(with_num_classes(cfg, train_set.label_map.num_classes), len(train_set))
     labels = train_set.label_map.names
     if place.chief:
         _claim(run, cfg, labels, force)
@@ -180,7 +182,7 @@ def _train(cfg: Config, run: Path, place, *, backup_every_steps: int, verbose, f
                                     chief=place.chief)
         # Order matters at each epoch end: checkpoints, history and logs first, the backup last, so that
         # the backup only marks an epoch finished once everything else of it is on disk.
-        chief_only = [HistoryCSV(run / "history.csv"),
+        chief_only = [HistoryCSV(run / "history.csv"), watch_for(cfg, task, val_set, steps),
                       keras.callbacks.TensorBoard(str(run / "logs"), write_graph=False, profile_batch=0)]
         callbacks = [
             checkpoint,

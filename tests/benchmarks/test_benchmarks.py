@@ -70,3 +70,24 @@ def test_suite_latency_run_count(monkeypatch, probe_ms, runs, warmup):
     res = suite.tflite_latency("m.tflite", 2, budget_s=20.0, min_runs=20, max_runs=200, warmup=10)
     assert calls == [(2, 1), (runs, warmup)]
     assert (res["runs"], res["warmup"]) == (runs, warmup)
+
+
+def test_resize_modes_table_marks_the_matching_preprocessing():
+    from benchmarks import resize_modes
+
+    def fed(ap_lb, ap_st):
+        return {"letterbox": {k: ap_lb for k in resize_modes.METRICS},
+                "stretch": {k: ap_st for k in resize_modes.METRICS}}
+
+    aspects = [0.75, 1.0, 1.333]
+    lb = {"trained": "letterbox", "label": "lb", "aspect_w_over_h": aspects, "fed": fed(0.4, 0.3)}
+    r = {"date": "2026-12-07", "machine": MACHINE, "budget": "12 epochs", "notes": "",
+         "runs": {"letterbox": [lb],
+                  "stretch": [{"trained": "stretch", "label": label, "aspect_w_over_h": aspects, "fed": fed(a, b)}
+                              for label, a, b in (("s0", 0.2, 0.45), ("s1", 0.3, 0.35))]}}
+    md = resize_modes.render(r)
+    assert "| letterbox | lb | **letterbox** | 0.400 |" in md and "| letterbox | lb | stretch | 0.300 |" in md
+    assert "| stretch | s0 | letterbox | 0.200 |" in md and "| stretch | s1 | **stretch** | 0.350 |" in md
+    assert "| stretch | mean of 2 | **stretch** | 0.400 |" in md and "| stretch | mean of 2 | letterbox | 0.250 |" in md
+    assert "mean of 1" not in md
+    assert "width / height from 0.75 to 1.333 (median 1.0); 2 of them are not square" in md

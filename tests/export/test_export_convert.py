@@ -105,7 +105,7 @@ def test_metadata_describes_the_model(exported):
     cfg = H.tiny_config()
     meta, anchors = read_metadata(exported("int8", True))
     assert meta["labels"] == ["raccoon"]
-    assert meta["input"] == {"height": 128, "width": 128, "normalization": H.NORM}
+    assert meta["input"] == {"height": 128, "width": 128, "normalization": H.NORM, "resize": "letterbox"}
     assert meta["box_coder"] == {"scale_factors": [10.0, 10.0, 5.0, 5.0]}
     assert meta["nms"] == {"score_threshold": 0.05, "iou_threshold": 0.5, "max_detections": 20,
                            "max_detections_per_class": 20, "thread_safe": True}

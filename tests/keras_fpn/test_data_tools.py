@@ -69,3 +69,18 @@ def test_cli_parser_and_convert(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["image_size"] == [64, 128]
     r = convert_dataset(str(tmp_path), tmp_path / "d.json")
     assert (r["images"], r["boxes"]) == (1, 1)
+
+
+def test_preview_examples_follow_resize(tmp_path):
+    """``data preview --resize``: image a (640 x 320) on a 64 px canvas; stretch keeps the normalized boxes,
+    letterbox (scale 0.1, content 32 x 64) halves their y."""
+    from keras_fpn.data.pipeline import augmented_examples
+    from keras_fpn.data.preview import render_preview
+
+    ds = _ds(tmp_path)
+    want = ds.records[0].boxes[:2]
+    stretch = next(augmented_examples(ds, 64, None, num=1, resize="stretch"))
+    np.testing.assert_allclose(stretch["boxes"][:2], want, atol=1e-6)
+    letterbox = next(augmented_examples(ds, 64, None, num=1))
+    np.testing.assert_allclose(letterbox["boxes"][:2], want * [0.5, 1, 0.5, 1], atol=1e-6)
+    assert render_preview(ds, tmp_path / "s.png", num=2, image_size=64, resize="stretch")
