@@ -300,7 +300,7 @@ def cmd_bench(args) -> int:
 
 def cmd_info(args) -> int:
     from fpn_edge.interpreter import describe_model
-    from fpn_edge.metadata import read_metadata
+    from fpn_edge.metadata import quantization_summary, read_metadata
     from fpn_edge.runner import runner_class
     from fpn_edge.standard_metadata import describe_standard_metadata, read_standard_metadata
 
@@ -355,6 +355,8 @@ def cmd_info(args) -> int:
                 f"mean {norm['mean']}, std {norm['std']}, resize {meta['input'].get('resize', 'letterbox')}",
                 f"labels   ({len(meta['labels'])}) {', '.join(meta['labels'])}"]
         out += runner_class(meta["task"]).describe_meta(meta)
+        if quantization_summary(meta):
+            out.append(f"quant    {quantization_summary(meta)}")
         if info["anchors"]:
             out.append(f"anchors  {info['anchors']['count']}")
         if meta.get("config"):

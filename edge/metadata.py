@@ -53,6 +53,12 @@ Optional keys:
 * ``output_tensors``: ``{"box_deltas": NAME, "class_logits": NAME}`` for raw
   models whose two outputs cannot be told apart by shape (C == 4).
 * ``num_anchors``: written automatically when anchors are given.
+* ``quantization``: how an ``int8-budget`` export (``keras-fpn export --max-ap-drop``) was
+  quantized: ``{"full_integer": bool, "kept_float": [tensor names left float32],
+  "kept_float_layers": [their Keras layers], "note": str,
+  "budget": {"max_ap_drop", "met", "verdict", "reference", "chosen", "plans", ...}}``. A model
+  with ``full_integer`` false runs float layers between QUANTIZE / DEQUANTIZE ops: not for the
+  Edge TPU. ``quantization_summary`` gives the line ``fpn-edge info`` prints.
 
 Segmentation models (``"task": "segmentation"``) have no ``box_coder``/``nms``;
 instead::
@@ -87,7 +93,7 @@ META_NAME = "fpn_meta.json"
 ANCHORS_NAME = "anchors.npy"
 LABELS_NAME = "labels.txt"
 
-__all__ = ["write_metadata", "read_metadata", "strip_metadata", "validate_meta", "TaskSchema",
+__all__ = ["write_metadata", "read_metadata", "strip_metadata", "validate_meta", "quantization_summary", "TaskSchema",
            "TASK_SCHEMAS", "SCHEMA_VERSION", "META_NAME", "ANCHORS_NAME", "LABELS_NAME"]
 
 
@@ -179,7 +185,37 @@ def validate_meta(meta: dict, where: str = "metadata") -> dict:
     if inp.get("resize", RESIZE_MODES[0]) not in RESIZE_MODES:
         _fail(where, f"metadata 'input.resize' must be one of {', '.join(RESIZE_MODES)}, got {inp['resize']!r}")
     schema.check(meta, where)
+    _check_quantization(meta.get("quantization"), where)
     return meta
+
+
+def _check_quantization(q, where) -> None:
+    if q is None:
+        return
+    if not isinstance(q, dict) or not isinstance(q.get("full_integer"), bool):
+        _fail(where, "metadata 'quantization' must be an object with a boolean 'full_integer'")
+    kept = q.get("kept_float", [])
+    if not isinstance(kept, list) or not all(isinstance(s, str) for s in kept):
+        _fail(where, "metadata 'quantization.kept_float' must be a list of tensor names")
+
+
+def quantization_summary(meta: dict) -> str | None:
+    """One line on the ``quantization`` entry (None when the metadata has none): full integer or
+    which layers stayed float, and the accuracy budget's verdict."""
+    q = meta.get("quantization")
+    if not q:
+        return None
+    kept = q.get("kept_float_layers") or q.get("kept_float", [])
+    line = ("full integer" if q["full_integer"] else
+            f"NOT full integer: {len(kept)} layers kept float (not for the Edge TPU): {', '.join(kept)}")
+    budget = q.get("budget")
+    if budget:
+        chosen = budget.get("chosen", {})
+        line += (f"; budget {budget.get('max_ap_drop')} % of fp32 AP, "
+                 f"{'met' if budget.get('met') else 'NOT met'}: AP {chosen.get('AP', float('nan')):.4f} "
+                 f"vs {budget.get('reference', {}).get('AP', float('nan')):.4f} on "
+                 f"{budget.get('split', {}).get('images', '?')} training images held out")
+    return line
 
 
 def _flatbuffer_end(data: bytes) -> int:

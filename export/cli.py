@@ -37,6 +37,13 @@ def add_export_command(subparsers) -> argparse.ArgumentParser:
                    help="run TF's QuantizationDebugger (integer modes) and write per-layer error stats")
     p.add_argument("--keep-float", type=nonneg_int, default=0, metavar="N",
                    help="with --debug: keep the N layers with the largest quantization error in float")
+    p.add_argument("--max-ap-drop", type=float, metavar="PCT",
+                   help="with --mode int8 (or int8-budget): keep the most quantization-sensitive layers float "
+                        "until the AP drop vs the fp32 TFLite, on a calibration-validation split of the training "
+                        "images, is at most PCT percent of it (int8-budget default 1.0); writes "
+                        "RUN/model_int8-budget.tflite and its search log <stem>_budget.json")
+    p.add_argument("--max-float", type=positive_int, metavar="N",
+                   help="with --max-ap-drop: the most layers the search keeps float (default 32)")
     p.add_argument("--representative", type=positive_int, metavar="N",
                    help="number of calibration images from the training set "
                         "(default: export.representative_images of the run's config)")
@@ -74,14 +81,19 @@ def run_export(args) -> int:
     from keras_fpn.config import ConfigError
     from keras_fpn.rundir import RunDirError, open_run
 
+    if args.max_ap_drop is not None and args.mode == "int8":
+        args.mode = "int8-budget"   # --mode int8 --max-ap-drop X is the accuracy-budget export
     try:
+        if (args.max_ap_drop is not None or args.max_float is not None) and not MODES[args.mode].budget:
+            raise ExportError(f"--max-ap-drop / --max-float need --mode int8 (or int8-budget), not {args.mode!r}")
         run = open_run(args.run)
         if args.overrides:
             run = _apply_overrides(run, args.overrides)
         check_writable(args.out or default_output_path(run.path, args.mode, args.raw, args.prune))
         path = export_model(run, args.mode, out=args.out, raw=args.raw, prune=args.prune,
                             representative=args.representative, report=args.report,
-                            debug=args.debug, keep_float=args.keep_float, which=args.which, via=args.via)
+                            debug=args.debug, keep_float=args.keep_float, which=args.which, via=args.via,
+                            max_ap_drop=args.max_ap_drop, max_float=args.max_float)
     except (ExportError, RunDirError, ConfigError, EdgeError, OSError, ValueError) as exc:
         from keras_fpn.cli import error_line
 
@@ -99,6 +111,10 @@ def run_export(args) -> int:
               f"{'clean (CPU tail only)' if rep.clean else 'NOT clean'}; report: "
               f"{path.with_name(path.stem + '_edgetpu_report')}.md")
         print(rep.note)
+    quant = read_metadata(path)[0].get("quantization")
+    if quant and quant.get("budget"):
+        print(f"accuracy budget: {quant['budget']['verdict']}; {quant['note']}; "
+              f"log: {path.with_name(path.stem + '_budget.json')}")
     if args.debug:
         print(f"quantization debug stats: {path.with_name(path.stem + '_debug')}/layer_stats.csv")
     return 0

@@ -39,7 +39,8 @@ def default_output_path(run_dir, mode: str, raw: bool = False, prune: Optional[f
 def export_model(run_or_model, mode: str, *, out=None, raw: bool = False, prune: Optional[float] = None,
                  representative=None, report: bool = False, debug: bool = False, keep_float: int = 0,
                  which: str = "best", config=None, labels=None, train_data=None,
-                 via: str = "tf_keras") -> Path:
+                 via: str = "tf_keras", max_ap_drop: Optional[float] = None,
+                 max_float: Optional[int] = None) -> Path:
     """Export a trained model (any task): the one entry point keyed by ``mode``.
 
     Args:
@@ -59,6 +60,8 @@ def export_model(run_or_model, mode: str, *, out=None, raw: bool = False, prune:
         config, labels: for a model argument.
         train_data: fine-tuning data override (default: the run's training pipeline).
         via: ``tf_keras`` (default) or ``keras`` (see ``export_detector``).
+        max_ap_drop, max_float: the ``int8-budget`` search (``fpn_export.budget.export_budget``;
+            defaults there): the allowed AP drop in percent, the most layers kept float.
 
     Returns:
         The path of the written .tflite.
@@ -83,6 +86,17 @@ def export_model(run_or_model, mode: str, *, out=None, raw: bool = False, prune:
         if run_dir is None:
             raise ExportError("export_model(model, ...) needs out=")
         out = default_output_path(run_dir, mode, raw, prune)
+    if m.budget:
+        from fpn_export import budget
+
+        if debug or keep_float or prune:
+            raise ExportError(f"mode {m.name!r} picks the float layers itself: no --debug, --keep-float, --prune")
+        return budget.export_budget(
+            model, config, labels, out=out, raw=raw, via=via, representative=representative,
+            max_ap_drop=budget.DEFAULT_MAX_AP_DROP if max_ap_drop is None else max_ap_drop,
+            max_float=budget.DEFAULT_MAX_FLOAT if max_float is None else max_float)
+    if max_ap_drop is not None or max_float is not None:
+        raise ExportError(f"--max-ap-drop / --max-float need --mode int8 (or int8-budget), not {m.name!r}")
     if representative is None or isinstance(representative, int):
         # a count (or None: the config's) of calibration images; modes that use none get None
         representative = representative_from_config(config, n=representative) if m.uses_representative else None

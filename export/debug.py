@@ -24,6 +24,11 @@ Written to the debug folder:
 (``QuantizationDebugOptions(denylisted_nodes=...)``): those ops stay float32,
 with QUANTIZE/DEQUANTIZE around them. Such a model is no longer full-integer
 (not for the Edge TPU) and its input/output are float32.
+
+``keep_float`` may also be the tensor names themselves (a ranking made by an
+earlier run, ``ranking``): the model is calibrated and re-quantized with them
+denylisted, without collecting the statistics again (the accuracy-budget
+search of ``fpn_export.budget`` converts several plans from one ranking).
 """
 from __future__ import annotations
 
@@ -31,10 +36,11 @@ import csv
 import io
 import json
 import math
+import numbers
 from pathlib import Path
 from fpn_edge.atomic import write_text_atomic
 
-__all__ = ["debug_quantization", "worst_layers"]
+__all__ = ["debug_quantization", "worst_layers", "ranking"]
 
 
 def _rows(csv_text: str) -> list:
@@ -69,7 +75,24 @@ def worst_layers(rows: list, n: int) -> list:
     return names
 
 
-def debug_quantization(converter, representative, out_dir, *, keep_float: int = 0) -> tuple:
+def ranking(json_path, n=None) -> list:
+    """The tensor names of a ``layer_stats.json``, worst first (the ``n`` worst; all by default)."""
+    rows = json.loads(Path(json_path).read_text())["layers"]
+    return worst_layers(rows, len(rows) if n is None else n)
+
+
+def _denylisted_model(converter, representative, names) -> tuple:
+    """Calibrate and quantize with ``names`` denylisted (float), without collecting statistics."""
+    import tensorflow as tf
+
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(names))
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative,
+                                                         debug_options=options)
+    return debugger.get_nondebug_quantized_model(), {"csv": None, "json": None, "kept_float": list(names),
+                                                     "worst": []}
+
+
+def debug_quantization(converter, representative, out_dir, *, keep_float=0) -> tuple:
     """Run the QuantizationDebugger, write the statistics, and return the model to export.
 
     Args:
@@ -79,13 +102,18 @@ def debug_quantization(converter, representative, out_dir, *, keep_float: int = 
         representative: the dataset factory (yields ``[image]`` lists).
         out_dir: folder for ``layer_stats.csv`` / ``layer_stats.json``.
         keep_float: keep this many worst tensors float (0: export the normal
-            quantized model).
+            quantized model), or a sequence of tensor names to keep float (no
+            statistics are collected then; empty: the normal quantized model).
 
     Returns:
         ``(tflite bytes, info)`` with info ``{"csv", "json", "kept_float", "worst"}``.
     """
     import tensorflow as tf
 
+    if not isinstance(keep_float, numbers.Integral):
+        if keep_float:
+            return _denylisted_model(converter, representative, keep_float)
+        return converter.convert(), {"csv": None, "json": None, "kept_float": [], "worst": []}
     out_dir = Path(out_dir)
     debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative)
     debugger.run()

@@ -44,6 +44,10 @@ class ExportMode:
         float_tail_ops_sets: ops sets added when the model's outputs stay float
             (the post-process op and the sigmoid before it have no kernel in
             ``ops_sets``): those ops fall back to float, the network does not.
+        budget: the accuracy-budget search of ``fpn_export.budget``: int8 PTQ with the
+            most sensitive layers kept float until the AP drop on a calibration-validation
+            split of the training data is within ``--max-ap-drop``; each plan it tries is
+            an ``int8`` export. Not full integer when a layer stays float.
         cost: relative export cost, larger is slower (distinct values):
             ``keras-fpn compare`` exports the costliest missing mode in a
             second process.
@@ -58,6 +62,7 @@ class ExportMode:
     supported_types: tuple = ()
     ops_sets: tuple = ()
     float_tail_ops_sets: tuple = ()
+    budget: bool = False
     cost: int = 1
 
     @property
@@ -93,6 +98,9 @@ MODES = {m.name: m for m in (
     ExportMode("edgetpu", "int8 with integer I/O and the Edge TPU op report",
                calibrated=True, full_integer=True, edgetpu=True, optimizations=("DEFAULT",),
                ops_sets=_INT8_OPS, cost=6),
+    ExportMode("int8-budget", "int8 with the most sensitive layers kept float until the AP drop on a "
+               "calibration-validation split of the training data is within --max-ap-drop (percent)",
+               calibrated=True, budget=True, optimizations=("DEFAULT",), ops_sets=_INT8_OPS, cost=8),
 )}
 
 #: what ``keras-fpn compare`` and ``keras-fpn demo`` measure unless told otherwise: float, PTQ and QAT int8
@@ -110,8 +118,9 @@ def get_mode(mode) -> ExportMode:
 
 
 def calibrated_names() -> str:
-    """``"int8, int16x8, edgetpu"``: the calibrated modes, for messages."""
-    return ", ".join(m.name for m in MODES.values() if m.calibrated)
+    """``"int8, int16x8, edgetpu"``: the calibrated modes that convert in one go, for messages
+    (``int8-budget`` converts several ``int8`` plans and takes no ``--debug``)."""
+    return ", ".join(m.name for m in MODES.values() if m.calibrated and not m.budget)
 
 
 def mode_help() -> str:

@@ -30,12 +30,14 @@ def pick_background(missing) -> str | None:
 class BackgroundExport:
     """``keras-fpn export RUN --mode MODE`` in a child process (``start`` .. ``wait`` / ``stop``)."""
 
-    def __init__(self, run_dir, mode: str, log_path):
+    def __init__(self, run_dir, mode: str, log_path, options: dict | None = None):
         self.mode = mode
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in wait / stop)
+        # options: export_model keywords as CLI flags (max_ap_drop=1.0 -> --max-ap-drop 1.0)
+        flags = [a for k, v in (options or {}).items() for a in (f"--{k.replace('_', '-')}", str(v))]
         self._proc = subprocess.Popen([sys.executable, "-m", "fpn_export.cli", "export", str(run_dir),
-                                       "--mode", mode], stdout=self._log, stderr=subprocess.STDOUT)
+                                       "--mode", mode, *flags], stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait(self) -> None:
         """Block until the export ends; raise ``ExportError`` naming the mode and log if it failed."""

@@ -27,7 +27,8 @@ def _cmd_compare(args) -> int:
 
     modes = args.modes
     report = compare_run(args.run, modes=modes, data=args.data, include=args.include, threads=args.threads,
-                         out=args.out, bench_runs=args.runs, reuse=not args.no_reuse)
+                         out=args.out, bench_runs=args.runs, reuse=not args.no_reuse,
+                         max_ap_drop=args.max_ap_drop)
     print(headline_table(report))
     return 0
 
@@ -57,6 +58,8 @@ def add_compare_commands(sub) -> None:
     p.add_argument("--runs", type=positive_int, default=100, help="timed runs per variant (default 100)")
     p.add_argument("--out", help="output folder (default RUN/compare)")
     p.add_argument("--no-reuse", action="store_true", help="re-export even if the .tflite is up to date")
+    p.add_argument("--max-ap-drop", type=float, metavar="PCT",
+                   help="the int8-budget variant's accuracy budget, percent of the fp32 AP (default 1.0)")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="end to end offline: synthetic data, train, export, edge runtime, report")

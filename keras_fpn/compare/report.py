@@ -129,7 +129,8 @@ def _row(task: TaskReport, variant: str, file, metrics: dict, reference: dict, l
 
 def compare_run(run_dir, *, modes=COMPARE_DEFAULT, data: str | None = None,
                 include: str | None = None, threads: int = 2, out: str | os.PathLike | None = None,
-                bench_runs: int = 50, reuse: bool = True, background: bool = True, log=print) -> dict:
+                bench_runs: int = 50, reuse: bool = True, background: bool = True, max_ap_drop: float | None = None,
+                log=print) -> dict:
     """Measure the float model and every exported variant; write the report.
 
     Args:
@@ -145,6 +146,8 @@ def compare_run(run_dir, *, modes=COMPARE_DEFAULT, data: str | None = None,
       background: when two or more modes need exporting (and the machine has two or more
         cores), export the slowest (qat-int8 first) in a second process meanwhile
         (``keras_fpn.compare.background``).
+      max_ap_drop: the ``int8-budget`` variant's budget (percent of the fp32 AP; default
+        ``fpn_export.budget.DEFAULT_MAX_AP_DROP``); a file searched for another budget is re-exported.
 
     Returns:
       The report dict (also written as report.json).
@@ -167,13 +170,14 @@ def compare_run(run_dir, *, modes=COMPARE_DEFAULT, data: str | None = None,
     paths = {m: default_output_path(run.path, m) for m in modes}
     up_to_date = {m: reuse and p.is_file() and p.stat().st_mtime >= checkpoint.stat().st_mtime
                   for m, p in paths.items()}
+    budget_args = _budget_args(modes, paths, up_to_date, max_ap_drop)
     pending = None
     if background and (os.cpu_count() or 1) > 1 and (mode := pick_background([m for m in modes if not up_to_date[m]])):
-        pending = BackgroundExport(run.path, mode, out / f"export_{mode}.log")
+        pending = BackgroundExport(run.path, mode, out / f"export_{mode}.log", budget_args.get(mode, {}))
         log(f"[{modes.index(mode) + 2}/{steps}] export {mode} in a second process (log {pending.log_path})")
     try:
         report, results = _measure(run, cfg, task, dataset, paths, up_to_date, pending, threads=threads,
-                                   bench_runs=bench_runs, steps=steps, log=log)
+                                   bench_runs=bench_runs, steps=steps, budget_args=budget_args, log=log)
     finally:
         if pending is not None:
             pending.stop()
@@ -184,7 +188,23 @@ def compare_run(run_dir, *, modes=COMPARE_DEFAULT, data: str | None = None,
     return report
 
 
-def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, bench_runs, steps, log):
+def _budget_args(modes, paths, up_to_date, max_ap_drop) -> dict:
+    """``{mode: export_model keywords}`` of the accuracy-budget modes; marks a file searched for another
+    budget as out of date (in ``up_to_date``)."""
+    from fpn_export import budget
+    from fpn_export.modes import get_mode
+
+    drop = budget.DEFAULT_MAX_AP_DROP if max_ap_drop is None else float(max_ap_drop)
+    out = {}
+    for m in modes:
+        if get_mode(m).budget:
+            out[m] = {"max_ap_drop": drop}
+            up_to_date[m] = up_to_date[m] and budget.recorded_budget(paths[m]) == drop
+    return out
+
+
+def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, bench_runs, steps, budget_args,
+             log):
     """The report's rows (float model first) and each variant's raw results, exporting as needed
     (``paths``: mode -> .tflite path, in report order).
 
@@ -213,7 +233,7 @@ def _measure(run, cfg, task, dataset, paths, up_to_date, pending, *, threads, be
             pending.wait()
         elif not up_to_date[mode]:
             log(f"{step} export {mode}")
-            path = export_model(run.path, mode)
+            path = export_model(run.path, mode, **budget_args.get(mode, {}))
         log(f"{step} {mode}: {path.name} through fpn_edge ({threads} threads)")
         metrics, res, changes = task.evaluate_tflite(path, dataset, cfg, threads, float_results)
         measured[mode] = (path, metrics, changes)

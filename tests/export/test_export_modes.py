@@ -20,7 +20,7 @@ def test_every_cli_choice_is_a_table_row():
     p = add_export_command(_subparsers())
     (mode_action,) = [a for a in p._actions if a.dest == "mode"]
     assert tuple(mode_action.choices) == tuple(MODES) == (
-        "fp32", "fp16", "dynamic", "int8", "int16x8", "qat-int8", "edgetpu")
+        "fp32", "fp16", "dynamic", "int8", "int16x8", "qat-int8", "edgetpu", "int8-budget")
     for m in MODES.values():
         assert f"{m.name}: {m.description}" in mode_action.help and ";" not in m.description
 
@@ -40,10 +40,12 @@ def test_mode_attributes():
 
     assert calibrated_names() == "int8, int16x8, edgetpu"
     assert [m.name for m in MODES.values() if m.full_integer] == ["int8", "qat-int8", "edgetpu"]
-    assert [m.name for m in MODES.values() if m.uses_representative] == ["int8", "int16x8", "qat-int8", "edgetpu"]
+    assert [m.name for m in MODES.values() if m.uses_representative] == [
+        "int8", "int16x8", "qat-int8", "edgetpu", "int8-budget"]
+    assert [m.name for m in MODES.values() if m.budget] == ["int8-budget"]
     assert {m.name: m.io_dtype("float32") for m in MODES.values()} == {
         "fp32": "float32", "fp16": "float32", "dynamic": "float32", "int8": "float32", "int16x8": "float32",
-        "qat-int8": "float32", "edgetpu": "uint8"}
+        "qat-int8": "float32", "edgetpu": "uint8", "int8-budget": "float32"}
     assert MODES["edgetpu"].io_dtype("int8") == "int8" and MODES["int16x8"].io_dtype("int8") == "float32"
     assert len({m.cost for m in MODES.values()}) == len(MODES)
 
@@ -51,7 +53,7 @@ def test_mode_attributes():
 def test_compare_exports_the_costliest_mode_in_the_background():
     from keras_fpn.compare.background import pick_background
 
-    slowest_first = ["qat-int8", "edgetpu", "int16x8", "int8", "dynamic", "fp16", "fp32"]
+    slowest_first = ["int8-budget", "qat-int8", "edgetpu", "int16x8", "int8", "dynamic", "fp16", "fp32"]
     for i, mode in enumerate(slowest_first[:-1]):
         assert pick_background(list(reversed(slowest_first[i:]))) == mode
 
@@ -61,7 +63,7 @@ def test_unknown_mode_names_the_choices():
     from fpn_export.modes import get_mode
 
     with pytest.raises(ExportError, match=r"unknown mode 'int4'; choose one of fp32, fp16, dynamic, int8, "
-                                          r"int16x8, qat-int8, edgetpu"):
+                                          r"int16x8, qat-int8, edgetpu, int8-budget"):
         get_mode("int4")
 
 
