@@ -205,8 +205,9 @@ def export_budget(model, config, labels, *, out, max_ap_drop: float = DEFAULT_MA
     from keras_fpn.data.pipeline import representative_images
     from keras_fpn.tasks import get_task
 
-    if config.model.task != "detection":
-        raise ExportError(f"--max-ap-drop measures detection AP; model.task is {config.model.task!r}")
+    metric = get_task(config.model.task).report.metric
+    if metric != "AP":   # the budget is a drop of COCO AP: tasks measured by another metric have none
+        raise ExportError(f"--max-ap-drop measures COCO AP; a {config.model.task} model is measured by {metric}")
     if not math.isfinite(float(max_ap_drop)):
         raise ExportError(f"--max-ap-drop must be a finite number of percent, got {max_ap_drop}")
     if representative is not None and not isinstance(representative, int):
