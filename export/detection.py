@@ -6,7 +6,7 @@
 
 * unless ``raw=True``, the graph ends in ``TFLite_Detection_PostProcess``
   ops, one per 2 classes, and their merge (``fpn_export.postprocess_op``;
-  ``edgetpu``: one op, see ``_classes_per_op``) with float32 outputs boxes ``[1, N, 4]``,
+  ``edgetpu`` and ``int16x8``: one op, see ``_classes_per_op``) with float32 outputs boxes ``[1, N, 4]``,
   classes ``[1, N]``, scores ``[1, N]``, num_detections ``[1]`` (float also in
   full-integer modes); its options are written back after the conversion;
 * a raw export outputs ``box_deltas [1, A, 4]`` and ``class_logits [1, A, C]``
@@ -47,20 +47,17 @@ def detector_metadata(config, labels, *, output: str, mode: str, extra: Optional
         box_coder={"scale_factors": [float(v) for v in m.anchors.box_scale_factors]},
         nms={"score_threshold": float(m.postprocess.score_threshold), "iou_threshold": float(m.postprocess.iou_threshold),
              "max_detections": int(m.postprocess.max_detections), "max_detections_per_class": int(m.postprocess.max_detections_per_class),
-             # the same detections at every thread count (fpn_export.postprocess_op); edgetpu: one op
+             # the same detections at every thread count (fpn_export.postprocess_op); edgetpu, int16x8: one op
              "thread_safe": output == "raw" or int(m.num_classes) <= 2 or (per_op is not None and per_op <= 2)})
 
 
 def _classes_per_op(mode, export):
     """Classes per post-process op: 2 (right at every thread count, needs TFLite >= 2.13 for its
-    BITCAST merge), or one op (None): for the Edge TPU, whose runtime (tflite_runtime 2.5) cannot load
-    BITCAST; for int16x8, whose converter asks a calibration range of the merge's int32 SUM / MINIMUM
-    ("Max and min for dynamic tensors should be recorded", TF 2.21); and where ``export.nms_ops`` is
-    ``single``."""
+    BITCAST merge), or one op (None) where the mode needs it (``ExportMode.one_postprocess_op``) or
+    ``export.nms_ops`` is ``single``."""
     from fpn_export.postprocess_op import SAFE_CLASSES_PER_OP
 
-    one_op = mode.edgetpu or mode.name == "int16x8" or export.nms_ops == "single"
-    return None if one_op else SAFE_CLASSES_PER_OP
+    return None if mode.one_postprocess_op or export.nms_ops == "single" else SAFE_CLASSES_PER_OP
 
 
 def _output_names(out, postprocess: bool) -> dict:

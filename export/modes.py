@@ -48,6 +48,12 @@ class ExportMode:
             most sensitive layers kept float until the AP drop on a calibration-validation
             split of the training data is within ``--max-ap-drop``; each plan it tries is
             an ``int8`` export. Not full integer when a layer stays float.
+        one_postprocess_op: keep one ``TFLite_Detection_PostProcess`` op over all classes instead of
+            one per 2 classes + the in-graph merge (``fpn_export.postprocess_op``): Coral's
+            runtime (tflite_runtime 2.5) cannot load the merge's BITCAST, and the int16x8
+            converter asks a calibration range of its int32 SUM / MINIMUM ("Max and min for
+            dynamic tensors should be recorded", TF 2.21). Such a model is right only at 1 or
+            >= C threads outside fpn-edge.
         cost: relative export cost, larger is slower (distinct values):
             ``keras-fpn compare`` exports the costliest missing mode in a
             second process.
@@ -63,6 +69,7 @@ class ExportMode:
     ops_sets: tuple = ()
     float_tail_ops_sets: tuple = ()
     budget: bool = False
+    one_postprocess_op: bool = False
     cost: int = 1
 
     @property
@@ -92,12 +99,12 @@ MODES = {m.name: m for m in (
     ExportMode("int16x8", "int16 activations and int8 weights calibrated on training images, float32 I/O",
                calibrated=True, optimizations=("DEFAULT",),
                ops_sets=("EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8",),
-               float_tail_ops_sets=("TFLITE_BUILTINS",), cost=5),
+               float_tail_ops_sets=("TFLITE_BUILTINS",), one_postprocess_op=True, cost=5),
     ExportMode("qat-int8", "quantization-aware fine-tuning (tfmot), then full integer",
                full_integer=True, qat=True, optimizations=("DEFAULT",), ops_sets=_INT8_OPS, cost=7),
     ExportMode("edgetpu", "int8 with integer I/O and the Edge TPU op report",
                calibrated=True, full_integer=True, edgetpu=True, optimizations=("DEFAULT",),
-               ops_sets=_INT8_OPS, cost=6),
+               ops_sets=_INT8_OPS, one_postprocess_op=True, cost=6),
     ExportMode("int8-budget", "int8 with the most sensitive layers kept float until the AP drop on a "
                "calibration-validation split of the training data is within --max-ap-drop (percent)",
                calibrated=True, budget=True, optimizations=("DEFAULT",), ops_sets=_INT8_OPS, cost=8),
